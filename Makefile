@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make test` and `make demo`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck unit integration bench clean
+
+$(STAMP): pyproject.toml
+	@command -v psql >/dev/null && command -v pgbench >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq postgresql-client postgresql-contrib >/dev/null)
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check proxy comparator tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy proxy comparator
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+test: lint typecheck $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/shadowproxy demo
+
+bench: $(STAMP)
+	bash tests/bench/pgbench.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
