@@ -1,0 +1,101 @@
+"""Every Prometheus metric of the proxy, defined once.
+
+Labels are bounded: statement kind, store, divergence kind, failure reason.
+No label ever carries a literal from a query or a credential.  The relay binds
+label children once (see ``bound``) so the hot path does a plain ``inc()``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+CLIENT_SESSIONS = Gauge(
+    "shadowproxy_client_sessions_open", "Client sessions currently open.", registry=REGISTRY
+)
+CLIENT_SESSIONS_TOTAL = Counter(
+    "shadowproxy_client_sessions_accepted_total", "Client sessions accepted.", registry=REGISTRY
+)
+STATEMENTS = Counter(
+    "shadowproxy_statements_total",
+    "Statements relayed, by statement kind and by the store that answered the client.",
+    ["kind", "store"],
+    registry=REGISTRY,
+)
+UPSTREAM_LATENCY = Histogram(
+    "shadowproxy_upstream_latency_seconds",
+    "Time from forwarding a request (Query or Sync) to the store's ReadyForQuery.",
+    ["store"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+MIRROR_QUEUE_DEPTH = Gauge(
+    "shadowproxy_mirror_queue_depth",
+    "Mirror units waiting in the in-memory session queues.",
+    registry=REGISTRY,
+)
+MIRROR_LAG = Histogram(
+    "shadowproxy_mirror_lag_seconds",
+    "Time from the authoritative commit of a unit to its apply on the mirror store.",
+    buckets=_LAG_BUCKETS,
+    registry=REGISTRY,
+)
+MIRROR_APPLIED = Counter(
+    "shadowproxy_mirror_applied_units_total",
+    "Mirror units (one transaction or one autocommit statement) applied to the mirror store.",
+    registry=REGISTRY,
+)
+MIRROR_STATEMENTS = Counter(
+    "shadowproxy_mirror_statements_total",
+    "Statements applied to the mirror store.",
+    registry=REGISTRY,
+)
+MIRROR_FAILURES = Counter(
+    "shadowproxy_mirror_failures_total",
+    "Mirror units that could not be applied live, by reason (connect, lost, overflow, rejected).",
+    ["reason"],
+    registry=REGISTRY,
+)
+JOURNAL_BACKLOG = Gauge(
+    "shadowproxy_journal_backlog_units",
+    "Units written to the durable journal and not yet replayed.",
+    registry=REGISTRY,
+)
+JOURNAL_APPENDED = Counter(
+    "shadowproxy_journal_appended_units_total", "Units appended to the journal.", registry=REGISTRY
+)
+JOURNAL_REPLAYED = Counter(
+    "shadowproxy_journal_replayed_units_total",
+    "Units replayed from the journal to the mirror store.",
+    registry=REGISTRY,
+)
+DIVERGENCES = Counter(
+    "shadowproxy_divergences_total",
+    "Divergences detected between the stores, by kind (tag, error, unmirrorable, ...).",
+    ["kind"],
+    registry=REGISTRY,
+)
+PROTOCOL_ERRORS = Counter(
+    "shadowproxy_protocol_errors_total",
+    "Connections closed because a peer broke the wire protocol, by side (client, old, new).",
+    ["side"],
+    registry=REGISTRY,
+)
+SESSION_ERRORS = Counter(
+    "shadowproxy_session_errors_total",
+    "Client sessions ended by an unexpected error in the proxy (logged with a traceback).",
+    registry=REGISTRY,
+)
+MODE_INFO = Gauge(
+    "shadowproxy_mode_info", "1 for the mode this instance runs, 0 for the others.", ["mode"],
+    registry=REGISTRY,
+)
+MODE_EPOCH = Gauge(
+    "shadowproxy_mode_epoch", "Epoch of the mode this instance runs.", registry=REGISTRY
+)
