@@ -12,7 +12,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -93,7 +108,9 @@ SESSION_ERRORS = Counter(
     registry=REGISTRY,
 )
 MODE_INFO = Gauge(
-    "shadowproxy_mode_info", "1 for the mode this instance runs, 0 for the others.", ["mode"],
+    "shadowproxy_mode_info",
+    "1 for the mode this instance runs, 0 for the others.",
+    ["mode"],
     registry=REGISTRY,
 )
 MODE_EPOCH = Gauge(

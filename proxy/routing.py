@@ -37,7 +37,9 @@ class Mode(enum.Enum):
 
     @property
     def read_store(self) -> Store:
-        return Store.OLD if self in (Mode.OLD_ONLY, Mode.DUAL_WRITE, Mode.SHADOW_READ) else Store.NEW
+        return (
+            Store.OLD if self in (Mode.OLD_ONLY, Mode.DUAL_WRITE, Mode.SHADOW_READ) else Store.NEW
+        )
 
     @property
     def mirror_store(self) -> Store | None:

@@ -1,0 +1,162 @@
+"""The ``shadowproxy`` command.
+
+Each subcommand loads the settings once (``proxy.settings``), then hands them to the
+component that does the work.  Components are imported lazily so that a config error,
+``--version`` or ``mode`` never pays for (or breaks on) the relay's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from proxy.settings import ConfigError, Settings, load_settings
+
+PROG = "shadowproxy"
+EXIT_CONFIG = 2
+
+_T = TypeVar("_T")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("shadowproxy")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine on uvloop when it is installed, else on the stock loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings)
+    from proxy.relay.server import serve
+
+    _run(serve(settings))  # Ctrl-C / SIGTERM are handled inside serve()
+    return 0
+
+
+def _cmd_journal_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from proxy.mirror.journal import Journal, JournalError
+
+    try:
+        # Read-only: no lock, so it works beside a running proxy that owns the journal.
+        with Journal.open_readonly(settings.journal_dir) as journal:
+            status: dict[str, Any] = journal.status()
+    except FileNotFoundError:
+        print(f"{PROG}: no journal at {settings.journal_dir}", file=sys.stderr)
+        return 1
+    except JournalError as exc:
+        print(f"{PROG}: journal error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        # default=str: paths and timestamps print as text rather than failing.
+        sys.stdout.write(orjson.dumps(status, default=str, option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        for key, value in _flatten(status):
+            print(f"{key}: {value}")
+    return 0
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as dotted keys, so every line stays ``key: value``."""
+    items: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            items.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _cmd_journal_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings)
+    from proxy.mirror.replay import replay_journal
+
+    print(_run(replay_journal(settings)))
+    return 0
+
+
+def _cmd_mode(args: argparse.Namespace) -> int:
+    print(_settings(args).mode.value)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import main as demo_main
+
+    return int(demo_main() or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --config is accepted after the subcommand, where the help text shows it.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Dual-write shadow proxy.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser("serve", parents=[config], help="run the proxy").set_defaults(
+        handler=_cmd_serve
+    )
+    commands.add_parser("mode", parents=[config], help="show the mode").set_defaults(
+        handler=_cmd_mode
+    )
+    commands.add_parser("demo", help="run a local demonstration").set_defaults(handler=_cmd_demo)
+
+    journal = commands.add_parser("journal", help="inspect or replay the mirror journal")
+    journal_commands = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = journal_commands.add_parser("status", parents=[config], help="journal backlog")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_cmd_journal_status)
+    journal_commands.add_parser(
+        "replay", parents=[config], help="apply journaled units to the mirror store"
+    ).set_defaults(handler=_cmd_journal_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C before serve() installed its own handlers
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

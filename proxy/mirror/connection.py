@@ -1,0 +1,243 @@
+"""The proxy's own PostgreSQL connection to the mirror store.
+
+It authenticates with the credentials of the mirror store's DSN (trust,
+cleartext, md5 or SCRAM-SHA-256), then applies units: every item of a unit is
+written in one pipeline and the answers are read back with the same sans-IO
+tracker the relay uses.  Statement texts are prepared once per connection
+under names of its own (the client's names mean nothing here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from struct import unpack_from
+from typing import Any
+
+from proxy.mirror.unit import ItemKind, Unit
+from proxy.wire.pg import BackendScanner, ProtocolError, Tracker, error_fields, split_messages
+from proxy.wire.pg import messages as m
+from proxy.wire.pg._auth import ScramClient, md5_password
+from proxy.wire.pg._tracker import B, E, P, Q, S
+
+_STATEMENT_CACHE = 2000
+
+
+class MirrorUnavailable(Exception):
+    """The mirror store cannot be reached or the connection broke."""
+
+
+@dataclass(slots=True)
+class ItemResult:
+    tags: list[str] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    skipped: bool = False
+
+
+class MirrorConnection:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str | None,
+        database: str,
+        params: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._addr = (host, port)
+        self._user = user
+        self._password = password
+        self._startup = {"user": user, "database": database, **(params or {})}
+        self._startup.setdefault("application_name", "shadowproxy-mirror")
+        self._timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._statements: dict[bytes, str] = {}
+        self._next_name = 0
+        self.backend_key: tuple[int, bytes] | None = None
+        self.fresh = True  # session state (prelude) not yet applied
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def connect(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(*self._addr), self._timeout
+            )
+            self._writer.write(m.startup_message(self._startup))  # type: ignore[union-attr]
+            await asyncio.wait_for(self._authenticate(), self._timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ProtocolError) as exc:
+            self.close()
+            raise MirrorUnavailable(f"cannot connect to the mirror store: {exc}") from exc
+        self.fresh = True
+
+    async def _read_message(self) -> tuple[int, bytes]:
+        assert self._reader is not None
+        head = await self._reader.readexactly(5)
+        length = unpack_from("!i", head, 1)[0]
+        return head[0], await self._reader.readexactly(length - 4)
+
+    async def _authenticate(self) -> None:
+        assert self._writer is not None
+        scram: ScramClient | None = None
+        while True:
+            t, body = await self._read_message()
+            if t == 0x45:  # ErrorResponse
+                fields = error_fields(body)
+                raise ProtocolError(f"{fields.get('C', '')} {fields.get('M', '')}")
+            if t == 0x4B:  # BackendKeyData
+                self.backend_key = (unpack_from("!i", body)[0], body[4:])
+            elif t == 0x5A:
+                return
+            elif t == 0x52:
+                code = unpack_from("!i", body)[0]
+                pw = self._password or ""
+                if code == 3:
+                    self._writer.write(m.password(pw.encode()))
+                elif code == 5:
+                    self._writer.write(m.password(md5_password(self._user, pw, body[4:8])))
+                elif code == 10:
+                    if b"SCRAM-SHA-256\0" not in body[4:]:
+                        raise ProtocolError("mirror store offers no supported SASL mechanism")
+                    scram = ScramClient(pw)
+                    self._writer.write(m.sasl_initial("SCRAM-SHA-256", scram.first_message()))
+                elif code == 11 and scram:
+                    self._writer.write(m.sasl_response(scram.final_message(body[4:])))
+                elif code == 12 and scram:
+                    scram.verify_final(body[4:])
+                elif code != 0:
+                    raise ProtocolError(f"unsupported authentication request {code}")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            try:
+                if not self._writer.is_closing():
+                    self._writer.write(m.TERMINATE)
+                self._writer.close()
+            except (OSError, RuntimeError):
+                pass
+        self._writer = None
+        self._reader = None
+        self._statements.clear()
+
+    async def apply(self, unit: Unit, timeout: float) -> list[ItemResult]:
+        """Apply one unit; return one result per item.  Raises MirrorUnavailable."""
+        if not self.connected:
+            raise MirrorUnavailable("mirror connection is closed")
+        try:
+            if self.fresh and unit.prelude:
+                await asyncio.wait_for(self._run_prelude(unit.prelude), timeout)
+            self.fresh = False
+            return await asyncio.wait_for(self._apply(unit), timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ProtocolError) as exc:
+            self.close()
+            raise MirrorUnavailable(f"mirror connection lost: {exc!r}") from exc
+
+    async def _run_prelude(self, prelude: tuple[str, ...]) -> None:
+        assert self._writer is not None
+        tracker = Tracker()
+        for sql in prelude:
+            self._writer.write(m.query(sql))
+            tracker.request(Q)
+        await self._drain_answers(tracker)
+
+    async def _apply(self, unit: Unit) -> list[ItemResult]:
+        assert self._writer is not None
+        results = [ItemResult() for _ in unit.items]
+        tracker = Tracker()
+        out: list[bytes] = []
+        extended_open = False
+        new_names: dict[int, tuple[bytes, str]] = {}
+        for idx, item in enumerate(unit.items):
+            if item.kind is ItemKind.EXECUTE:
+                name = self._statements.get(item.parse_body)
+                if name is None:
+                    name = f"shadowproxy_{self._next_name}"
+                    self._next_name += 1
+                    out.append(m.parse(name, item.parse_body))
+                    req = tracker.request(P, ("parse", item.parse_body, name))
+                    new_names[id(req)] = (item.parse_body, name)
+                    self._statements[item.parse_body] = name
+                out.append(m.bind(name, item.bind_body))
+                tracker.request(B)
+                out.append(m.EXECUTE_UNNAMED_ALL)
+                tracker.request(E, idx)
+                extended_open = True
+                continue
+            if extended_open:
+                out.append(m.SYNC)
+                tracker.request(S)
+                extended_open = False
+            out.append(m.query(item.sql))
+            tracker.request(Q, idx)
+            for chunk in item.copy_data:
+                out.append(m.copy_data(chunk))
+            if item.kind is ItemKind.COPY:
+                out.append(m.COPY_DONE)
+        if extended_open:
+            out.append(m.SYNC)
+            tracker.request(S)
+        self._writer.write(b"".join(out))
+        for done in await self._drain_answers(tracker):
+            req = done.request
+            token: Any = req.token
+            if isinstance(token, int):
+                res = results[token]
+                res.tags = req.tags
+                res.skipped = req.skipped
+                if req.error is not None:
+                    res.error = error_fields(req.error)
+            elif isinstance(token, tuple) and (req.error is not None or req.skipped):
+                self._statements.pop(token[1], None)  # the Parse did not take
+        if tracker.status != ord("I"):
+            # An error inside an explicit transaction left it open on the mirror.
+            self._writer.write(m.query("ROLLBACK"))
+            rollback = Tracker()
+            rollback.request(Q)
+            await self._drain_answers(rollback)
+        if len(self._statements) > _STATEMENT_CACHE:
+            await self._trim_statements()
+        return results
+
+    async def _drain_answers(self, tracker: Tracker) -> list[Any]:
+        assert self._reader is not None
+        scanner = BackendScanner()
+        completions = []
+        while tracker.pending:
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                raise ProtocolError("mirror store closed the connection")
+            for t, body in scanner.feed(chunk):
+                if t in b"SK":
+                    continue
+                completions.extend(tracker.response(t, body))
+        return completions
+
+    async def _trim_statements(self) -> None:
+        assert self._writer is not None
+        tracker = Tracker()
+        for body in list(self._statements)[: _STATEMENT_CACHE // 2]:
+            self._writer.write(m.close_statement(self._statements.pop(body)))
+            tracker.request(ord("C"))
+        self._writer.write(m.SYNC)
+        tracker.request(S)
+        await self._drain_answers(tracker)
+
+    async def cancel_running(self) -> None:
+        if self.backend_key is None:
+            return
+        pid, secret = self.backend_key
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(*self._addr), self._timeout)
+            w.write(m.cancel_request(pid, secret))
+            await w.drain()
+            w.close()
+        except (TimeoutError, OSError):
+            pass
+
+
+def split_startup(buf: bytes) -> list[tuple[int, bytes]]:
+    return split_messages(buf)[0]

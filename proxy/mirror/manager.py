@@ -1,0 +1,323 @@
+"""Per-session mirror queues, their workers, and the journal fallback.
+
+How this works: each client session owns a ``SessionMirror``: an ordered queue
+of units and one worker task that applies them on the session's own mirror
+connection.  Whenever a unit cannot be applied live (the mirror store is down,
+the connection broke, the queue is over its bound) the manager switches to
+*journaling*: that unit, the rest of every session's queue and every later
+unit go to the durable journal, in order, until the replayer has drained the
+journal; then live mirroring resumes.  One rule keeps each session's order: a
+unit is never applied live while older units may still sit in the journal.
+Units the mirror store rejects (an SQL error the authoritative store did not
+raise) are divergences: logged, counted, and kept in the rejected journal for
+repair.  Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy import metrics
+from proxy.classify import fingerprint, tables_of
+from proxy.mirror.connection import ItemResult, MirrorConnection, MirrorUnavailable
+from proxy.mirror.divergence import DivergenceLog
+from proxy.mirror.journal import Journal
+from proxy.mirror.unit import Unit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    host: str
+    port: int
+    user: str
+    password: str | None
+    database: str
+    connect_timeout: float
+    apply_timeout: float
+    queue_max_units: int
+    queue_max_bytes: int
+    journal_dir: Path
+
+
+ConnectionFactory = Callable[[dict[str, str]], MirrorConnection]
+
+
+def check_results(unit: Unit, results: list[ItemResult], divergences: DivergenceLog) -> bool:
+    """Compare the mirror's answers with the authoritative ones; True if all agree."""
+    clean = True
+    for item, res in zip(unit.items, results, strict=True):
+        if res.error is not None or res.skipped:
+            divergences.record(
+                "error",
+                session=unit.session_id,
+                seq=unit.seq,
+                fingerprint=fingerprint(item.sql),
+                tables=list(tables_of(item.sql)),
+                old=item.tags,
+                new_error={
+                    "sqlstate": (res.error or {}).get("C", ""),
+                    "message": (res.error or {}).get("M", "skipped after an earlier error"),
+                },
+            )
+            return False  # the rest of the unit did not run (or was rolled back)
+        if res.tags != item.tags:
+            divergences.record(
+                "rowcount",
+                session=unit.session_id,
+                seq=unit.seq,
+                fingerprint=fingerprint(item.sql),
+                tables=list(tables_of(item.sql)),
+                old=item.tags,
+                new=res.tags,
+            )
+            clean = False
+    return clean
+
+
+class MirrorManager:
+    def __init__(self, config: MirrorConfig, divergences: DivergenceLog) -> None:
+        self.config = config
+        self.divergences = divergences
+        self.journal = Journal(config.journal_dir)
+        self.rejected = Journal(config.journal_dir / "rejected")
+        self.journaling = self.journal.pending() > 0
+        self.sessions: dict[int, SessionMirror] = {}
+        self.queued_units = 0
+        self.queued_bytes = 0
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._replayer: asyncio.Task[None] | None = None
+        self.last_error = ""
+        metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._replayer = asyncio.get_running_loop().create_task(self._replay_loop())
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let workers drain their queues, then journal whatever is left."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        for sm in list(self.sessions.values()):
+            sm.spill("shutdown")
+        for task in list(self._tasks) + ([self._replayer] if self._replayer else []):
+            task.cancel()
+        await asyncio.gather(
+            *self._tasks, *([self._replayer] if self._replayer else []), return_exceptions=True
+        )
+        for sm in list(self.sessions.values()):
+            sm.spill("shutdown")
+        self.journal.close()
+        self.rejected.close()
+
+    def connection(self, params: dict[str, str]) -> MirrorConnection:
+        c = self.config
+        return MirrorConnection(
+            c.host, c.port, c.user, c.password, c.database, params, c.connect_timeout
+        )
+
+    def open_session(self, session_id: int, params: dict[str, str]) -> SessionMirror:
+        sm = SessionMirror(self, session_id, params)
+        self.sessions[session_id] = sm
+        return sm
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- journaling ------------------------------------------------------------------
+
+    def to_journal(self, units: list[Unit], reason: str) -> None:
+        if not units:
+            return
+        self.journal.append_many(units)
+        metrics.JOURNAL_APPENDED.inc(len(units))
+        metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
+        metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+        if not self.journaling:
+            log.warning("mirror: switching to the journal (%s)", reason)
+            self.journaling = True
+            for sm in self.sessions.values():
+                sm.spill(reason)
+        self._wake.set()
+
+    def reject(self, unit: Unit) -> None:
+        self.rejected.append(unit)
+        metrics.MIRROR_FAILURES.labels("rejected").inc()
+
+    def apply_started(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def apply_finished(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def _replay_loop(self) -> None:
+        from proxy.mirror.replay import replay_pending
+
+        delay = 0.5
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            self._wake.clear()
+            if self.journal.pending() == 0:
+                self.journaling = False
+                continue
+            self.journaling = True
+            await self._idle.wait()  # no live apply may overtake the journal
+            try:
+                n = await replay_pending(
+                    self.journal,
+                    self.connection,
+                    self.divergences,
+                    self.reject,
+                    self.config.apply_timeout,
+                )
+                metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+                if n:
+                    log.info("mirror: replayed %d journaled units", n)
+                delay = 0.5
+                if self.journal.pending() == 0:
+                    self.journaling = False
+                    log.info("mirror: journal drained, live mirroring resumed")
+            except MirrorUnavailable as exc:
+                self.last_error = str(exc)
+                metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+                delay = min(delay * 2, 5.0)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mirror_queue_depth": self.queued_units,
+            "mirror_queue_bytes": self.queued_bytes,
+            "journaling": self.journaling,
+            "journal_backlog_units": self.journal.pending(),
+            "rejected_units": self.rejected.pending(),
+            "mirror_sessions": len(self.sessions),
+            "last_mirror_error": self.last_error,
+        }
+
+
+class SessionMirror:
+    """One client session's ordered mirror queue and its worker."""
+
+    def __init__(self, manager: MirrorManager, session_id: int, params: dict[str, str]) -> None:
+        self.manager = manager
+        self.session_id = session_id
+        self.params = params
+        self.queue: deque[Unit] = deque()
+        self.conn: MirrorConnection | None = None
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        manager.track(self._task)
+
+    def submit(self, unit: Unit) -> None:
+        m = self.manager
+        if m.journaling:
+            m.to_journal([unit], "journaling")
+            return
+        size = unit.size
+        if (
+            m.queued_units >= m.config.queue_max_units
+            or m.queued_bytes + size > m.config.queue_max_bytes
+        ):
+            self.queue.append(unit)
+            self._account(1, size)
+            m.to_journal(self._take_all(), "overflow")
+            return
+        self.queue.append(unit)
+        self._account(1, size)
+        self._ready.set()
+
+    def _account(self, units: int, size: int) -> None:
+        self.manager.queued_units += units
+        self.manager.queued_bytes += size
+        metrics.MIRROR_QUEUE_DEPTH.set(self.manager.queued_units)
+
+    def _take_all(self) -> list[Unit]:
+        units = list(self.queue)
+        self.queue.clear()
+        self._account(-len(units), -sum(u.size for u in units))
+        return units
+
+    def spill(self, reason: str) -> None:
+        """Move everything still queued to the journal (keeps session order)."""
+        if self.queue:
+            units = self._take_all()
+            self.manager.journal.append_many(units)
+            metrics.JOURNAL_APPENDED.inc(len(units))
+            metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
+            metrics.JOURNAL_BACKLOG.set(self.manager.journal.pending())
+
+    def close(self) -> None:
+        """The client left: finish the queue, then close the connection."""
+        self._closing = True
+        self._ready.set()
+
+    async def cancel_running(self) -> None:
+        if self.conn is not None:
+            await self.conn.cancel_running()
+
+    async def _run(self) -> None:
+        m = self.manager
+        try:
+            while True:
+                if not self.queue:
+                    if self._closing:
+                        return
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                if m.journaling:
+                    self.spill("journaling")
+                    continue
+                unit = self.queue[0]
+                m.apply_started()
+                try:
+                    results = await self._apply(unit)
+                except MirrorUnavailable as exc:
+                    m.last_error = str(exc)
+                    log.warning("mirror session %d: %s", self.session_id, exc)
+                    m.to_journal(self._take_all(), "lost" if self.conn else "connect")
+                    continue
+                finally:
+                    m.apply_finished()
+                self.queue.popleft()
+                self._account(-1, -unit.size)
+                metrics.MIRROR_APPLIED.inc()
+                metrics.MIRROR_STATEMENTS.inc(len(unit.items))
+                metrics.MIRROR_LAG.observe(max(0.0, time.time() - unit.committed_at))
+                if not check_results(unit, results, m.divergences) and any(
+                    r.error is not None or r.skipped for r in results
+                ):
+                    m.reject(unit)
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+            m.sessions.pop(self.session_id, None)
+
+    async def _apply(self, unit: Unit) -> list[ItemResult]:
+        if self.conn is None or not self.conn.connected:
+            self.conn = self.manager.connection(self.params)
+            try:
+                await self.conn.connect()
+            except MirrorUnavailable:
+                self.conn = None
+                raise
+        return await self.conn.apply(unit, self.manager.config.apply_timeout)

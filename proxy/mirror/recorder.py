@@ -1,0 +1,174 @@
+"""Builds mirror units from what a client session did on the authoritative store.
+
+How this works: the relay hands every frontend request to the recorder, which
+returns a token (an ``Item`` under construction, or None for reads and
+protocol housekeeping) that the tracker carries until the authoritative store
+answers.  Completed items that succeeded join the open transaction's item
+list.  Transaction boundaries come from the store itself: a ReadyForQuery
+with status idle closes the unit (emitted if it committed, dropped if the
+store rolled it back, since the store then applied nothing); a COMMIT or
+ROLLBACK tag from an extended-protocol Execute closes it mid-batch.
+
+Only *when* the unit is handed over is decided here (after the authoritative
+commit: the ``async`` consistency level); *how* it is applied is the mirror
+worker's business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxy.classify import Kind, classify
+from proxy.mirror.unit import Item, ItemKind, Unit
+from proxy.wire.pg import Completion
+from proxy.wire.pg import events as ev
+from proxy.wire.pg._tracker import E, Q
+
+_PRELUDE_MAX = 64
+_IDLE = ord("I")
+
+Token = tuple[Item, Kind] | None
+
+
+class Recorder:
+    __slots__ = (
+        "session_id",
+        "_emit",
+        "_statements",
+        "_portals",
+        "_items",
+        "prelude",
+        "_seq",
+        "_clock",
+        "on_unmirrorable",
+        "mirroring",
+    )
+
+    def __init__(
+        self,
+        session_id: int,
+        emit: Callable[[Unit], None],
+        on_unmirrorable: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.session_id = session_id
+        self._emit = emit
+        self._statements: dict[str, tuple[str, bytes, Kind]] = {}
+        self._portals: dict[str, tuple[str, bytes, bytes, Kind]] = {}
+        self._items: list[tuple[Item, Kind]] = []
+        self.prelude: list[str] = []
+        self._seq = 0
+        self._clock = clock
+        self.on_unmirrorable = on_unmirrorable
+        self.mirroring = False  # build units only when the mode mirrors writes
+
+    # -- requests (client -> authoritative store) --------------------------------
+
+    def query(self, e: ev.Query) -> tuple[Kind, Token]:
+        kind = classify(e.sql)
+        if kind is Kind.READ or not self.mirroring:
+            return kind, None
+        return kind, (Item(ItemKind.QUERY, e.sql), kind)
+
+    def parse(self, e: ev.Parse) -> None:
+        self._statements[e.name] = (e.sql, e.body, classify(e.sql))
+
+    def bind(self, e: ev.Bind) -> None:
+        st = self._statements.get(e.statement)
+        if st is not None:
+            self._portals[e.portal] = (st[0], st[1], e.body, st[2])
+        else:
+            self._portals.pop(e.portal, None)
+
+    def execute(self, e: ev.Execute) -> tuple[Kind, Token]:
+        p = self._portals.get(e.portal)
+        if p is None:
+            return Kind.WRITE, None  # the Bind failed; so will this Execute
+        sql, parse_body, bind_body, kind = p
+        if kind is Kind.READ or not self.mirroring:
+            return kind, None
+        return kind, (Item(ItemKind.EXECUTE, sql, parse_body=parse_body, bind_body=bind_body), kind)
+
+    def close(self, e: ev.Close) -> None:
+        if e.target == "S":
+            self._statements.pop(e.name, None)
+        else:
+            self._portals.pop(e.name, None)
+
+    def copy_data(self, token: Any, e: ev.CopyData) -> None:
+        """CopyData the client streams while the store is in COPY FROM STDIN."""
+        if token is not None:
+            item: Item = token[0]
+            item.kind = ItemKind.COPY
+            item.copy_data.append(e.data)
+
+    # -- answers (authoritative store -> client) -----------------------------------
+
+    def complete(self, c: Completion) -> None:
+        req = c.request
+        token: Token = req.token
+        if req.kind in (Q, E) and token is not None:
+            item, kind = token
+            if req.error is None and not req.skipped:
+                item.tags = req.tags
+                self._items.append(token)
+                if kind is Kind.SESSION:
+                    self._remember_session_state(item.sql)
+                if req.kind == E and req.tags:
+                    tag = req.tags[-1]
+                    if tag == "COMMIT":
+                        self._close_unit(committed=True)
+                    elif tag == "ROLLBACK":
+                        self._close_unit(committed=False)
+            elif req.kind == Q and "COMMIT" in req.tags and self.on_unmirrorable:
+                # A multi-statement query committed part of its work and then failed.
+                self.on_unmirrorable(item.sql, "partially committed multi-statement query")
+        if c.status == _IDLE and self._items:
+            committed = not c.failed_batch and not self._ends_in_rollback()
+            self._close_unit(committed)
+
+    def _ends_in_rollback(self) -> bool:
+        last = self._items[-1][0]
+        return (
+            bool(last.tags)
+            and last.tags[-1] == "ROLLBACK"
+            and all(len(it.tags) <= 1 for it, _ in self._items)
+        )
+
+    def _close_unit(self, committed: bool) -> None:
+        items = self._items
+        self._items = []
+        if not committed or not items:
+            return
+        self._seq += 1
+        first = items[0][0]
+        in_txn = len(items) > 1 or (
+            bool(first.tags) and first.tags[0] in ("BEGIN", "START TRANSACTION")
+        )
+        self._emit(
+            Unit(
+                session_id=self.session_id,
+                seq=self._seq,
+                in_transaction=in_txn,
+                prelude=tuple(self.prelude),
+                items=[it for it, _ in items],
+                committed_at=self._clock(),
+            )
+        )
+
+    def _remember_session_state(self, sql: str) -> None:
+        head = " ".join(sql.lower().split()[:2])
+        if head in ("reset all", "discard all", "reset all;", "discard all;"):
+            self.prelude.clear()
+            return
+        if head.startswith("set local") or head.startswith("set transaction"):
+            return
+        self.prelude.append(sql)
+        if len(self.prelude) > _PRELUDE_MAX:
+            del self.prelude[0]
+
+    def discard_open(self) -> None:
+        """The client went away mid-transaction: the store rolls it back."""
+        self._items = []

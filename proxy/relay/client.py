@@ -1,0 +1,367 @@
+"""One client session: the relay between a client and the authoritative store.
+
+How this works: the session moves through phases STARTUP (SSL/GSSENC
+negotiation, cancel requests, the StartupMessage) -> CONNECTING (opening the
+authoritative connection) -> AUTH (the client's own authentication exchange,
+relayed untouched, except that BackendKeyData is replaced by the proxy's
+key) -> READY (queries) -> CLOSED.  In READY, client messages are parsed
+whole (the proxy must see every request) and forwarded as the very bytes the
+client sent; server chunks are forwarded as they arrive and only scanned for
+the messages that end requests.  Completions feed the recorder, which hands
+committed units to this session's mirror queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from proxy import metrics
+from proxy.classify import Kind
+from proxy.mirror.recorder import Recorder
+from proxy.relay.upstream import UpstreamProtocol
+from proxy.wire.pg import (
+    BackendScanner,
+    FrontendParser,
+    ProtocolError,
+    Tracker,
+    error_fields,
+    split_messages,
+)
+from proxy.wire.pg import events as ev
+from proxy.wire.pg import messages as m
+from proxy.wire.pg._tracker import B, C, D, E, F, P, Q, S
+
+if TYPE_CHECKING:
+    from proxy.mirror.manager import SessionMirror
+    from proxy.relay.server import ProxyServer
+
+log = logging.getLogger(__name__)
+
+STARTUP, CONNECTING, AUTH, READY, CLOSED = range(5)
+_IDLE = ord("I")
+# Startup parameters that describe the connection itself, not session state.
+_NOT_SESSION_STATE = frozenset({"user", "database", "replication", "options", "application_name"})
+
+
+class ClientSession(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.id = server.next_session_id()
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.phase = STARTUP
+        self.parser = FrontendParser(server.settings.max_message_size)
+        self.scanner = BackendScanner()
+        self.tracker = Tracker()
+        self.startup: ev.StartupMessage | None = None
+        self.early: list[bytes] = []
+        self.auth_buf = b""
+        self.old_key: tuple[int, bytes] | None = None
+        self.key = (secrets.randbits(31), secrets.token_bytes(4))
+        self.mirror: SessionMirror | None = None
+        self.recorder = Recorder(self.id, self._emit, self._unmirrorable)
+        self.batch_started = 0.0
+        self.store = server.mode.authoritative.value
+        self.client_gone = False
+        self.tls = False
+        self.stats = server.statement_counters(self.store)
+
+    # -- client side -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+        self.server.session_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            had_partial = self.parser.buffered
+            events = self.parser.feed(data)
+            if self.phase == READY:
+                self._relay_requests(
+                    events, data if not had_partial and not self.parser.buffered else None
+                )
+            else:
+                for e in events:
+                    self._startup_event(e)
+        except ProtocolError as exc:
+            metrics.PROTOCOL_ERRORS.labels("client").inc()
+            log.info("session %d: client protocol error: %s", self.id, exc)
+            self._fail(exc.sqlstate, str(exc))
+        except Exception:
+            metrics.SESSION_ERRORS.inc()
+            log.exception("session %d: unexpected error", self.id)
+            self._fail("XX000", "internal error in shadowproxy")
+
+    def _relay_requests(self, events: list[Any], whole: bytes | None) -> None:
+        tracker = self.tracker
+        rec = self.recorder
+        upstream = self.upstream
+        if upstream is None or upstream.transport is None:
+            return
+        if not tracker.pending:
+            self.batch_started = time.perf_counter()
+        for e in events:
+            cls = type(e)
+            if cls is ev.Bind:
+                rec.bind(e)
+                tracker.request(B)
+            elif cls is ev.Execute:
+                kind, token = rec.execute(e)
+                self.stats[kind].inc()
+                tracker.request(E, token)
+            elif cls is ev.Parse:
+                rec.parse(e)
+                tracker.request(P)
+            elif cls is ev.Sync:
+                tracker.request(S)
+            elif cls is ev.Describe:
+                tracker.request(D)
+            elif cls is ev.Query:
+                kind, token = rec.query(e)
+                self.stats[kind].inc()
+                tracker.request(Q, token)
+            elif cls is ev.CopyData:
+                head = tracker.head
+                if head is not None:
+                    rec.copy_data(head.token, e)
+            elif cls is ev.Close:
+                rec.close(e)
+                tracker.request(C)
+            elif cls is ev.FunctionCall:
+                self.stats[Kind.WRITE].inc()
+                self.server.divergences.record(
+                    "unmirrorable",
+                    session=self.id,
+                    fingerprint="<function call>",
+                    reason="fastpath function call",
+                )
+                tracker.request(F)
+            elif cls is ev.Terminate:
+                self.client_gone = True
+        upstream.transport.write(whole if whole is not None else b"".join([e.raw for e in events]))
+
+    def _startup_event(self, e: Any) -> None:
+        assert self.transport is not None
+        if self.phase in (CONNECTING, AUTH):
+            if self.phase == AUTH and self.upstream and self.upstream.transport:
+                self.upstream.transport.write(e.raw)
+            else:
+                self.early.append(e.raw)
+            return
+        if isinstance(e, ev.SSLRequest):
+            ctx = self.server.tls_context
+            if ctx is None or self.tls:
+                self.transport.write(m.SSL_NO)
+            else:
+                self.transport.write(m.SSL_YES)
+                self.server.spawn(self._start_tls(ctx))
+        elif isinstance(e, ev.GSSENCRequest):
+            self.transport.write(m.SSL_NO)
+        elif isinstance(e, ev.CancelRequest):
+            self.server.cancel(e.process_id, e.secret_key)
+            self.transport.close()
+        elif isinstance(e, ev.StartupMessage):
+            self.startup = e
+            self.phase = CONNECTING
+            self.server.spawn(self._connect_upstream(e))
+        else:
+            raise ProtocolError("expected a startup packet")
+
+    async def _start_tls(self, ctx: Any) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True)
+        except (OSError, ConnectionError) as exc:
+            log.info("session %d: TLS handshake failed: %s", self.id, exc)
+            self._close()
+            return
+        self.transport = new  # type: ignore[assignment]
+        self.tls = True
+
+    async def _connect_upstream(self, startup: ev.StartupMessage) -> None:
+        dsn = self.server.authoritative_dsn
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamProtocol(self), dsn.host, dsn.port),
+                self.server.settings.mirror_connect_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            log.warning("session %d: cannot reach the %s store: %s", self.id, self.store, exc)
+            self._fail("08006", f"shadowproxy: the {self.store} store is unreachable")
+            return
+        if self.phase == CLOSED:
+            if proto.transport:
+                proto.transport.close()
+            return
+        self.upstream = proto
+        self.phase = AUTH
+        assert proto.transport is not None
+        proto.transport.write(startup.raw + b"".join(self.early))
+        self.early.clear()
+
+    def _fail(self, sqlstate: str, message: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(m.error_response(sqlstate, message))
+        self._close()
+
+    def _close(self) -> None:
+        self.phase = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client_gone = True
+        self.transport = None
+        up = self.upstream.transport if self.upstream else None
+        if up is not None and not up.is_closing():
+            if self.phase == READY and self.tracker.pending:
+                # Requests in flight (a COMMIT, say) must still be answered so a
+                # committed unit is not lost to the mirror: let the store finish
+                # them, then it reads Terminate and closes.
+                up.write(m.TERMINATE)
+            else:
+                up.write(m.TERMINATE)
+                up.close()
+        else:
+            self._finish()
+
+    def pause_writing(self) -> None:
+        if self.upstream and self.upstream.transport:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream and self.upstream.transport:
+            self.upstream.transport.resume_reading()
+
+    def pause_client_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- authoritative store side ------------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        try:
+            if self.phase == READY:
+                if self.transport is not None:
+                    self.transport.write(data)
+                for t, body in self.scanner.feed(data):
+                    if t == 0x53:  # ParameterStatus: relayed; nothing to track yet
+                        continue
+                    for c in self.tracker.response(t, body):
+                        self.recorder.complete(c)
+                        if c.status:
+                            self._ready(c.status)
+            else:
+                self._auth_data(data)
+        except ProtocolError as exc:
+            metrics.PROTOCOL_ERRORS.labels(self.store).inc()
+            log.warning("session %d: %s store protocol error: %s", self.id, self.store, exc)
+            self._fail("08P01", f"shadowproxy: protocol error from the {self.store} store")
+        except Exception:
+            metrics.SESSION_ERRORS.inc()
+            log.exception("session %d: unexpected error", self.id)
+            self._fail("XX000", "internal error in shadowproxy")
+
+    def _ready(self, status: int) -> None:
+        metrics.UPSTREAM_LATENCY.labels(self.store).observe(
+            time.perf_counter() - self.batch_started
+        )
+        if self.tracker.pending:
+            self.batch_started = time.perf_counter()
+        if status == _IDLE and self.server.draining and not self.tracker.pending:
+            self._fail("57P01", "terminating connection: shadowproxy is shutting down")
+
+    def _auth_data(self, data: bytes) -> None:
+        msgs, rest = split_messages(self.auth_buf + data)
+        self.auth_buf = rest
+        out: list[bytes] = []
+        for i, (t, raw) in enumerate(msgs):
+            if t == 0x4B:  # BackendKeyData: the client gets the proxy's key
+                self.old_key = (int.from_bytes(raw[5:9], "big"), raw[9:])
+                out.append(m.backend_key_data(*self.key))
+                self.server.register_cancel_key(self.key, self)
+                continue
+            out.append(raw)
+            if t == 0x52 and raw[5:9] == b"\0\0\0\0":  # AuthenticationOk
+                self._open_mirror()
+            elif t == 0x45:
+                log.info(
+                    "session %d: %s store refused the session: %s",
+                    self.id,
+                    self.store,
+                    error_fields(raw[5:]).get("M", ""),
+                )
+            elif t == 0x5A:  # first ReadyForQuery: startup is over
+                self.phase = READY
+                if self.transport is not None:
+                    self.transport.write(b"".join(out))
+                tail = b"".join(r for _, r in msgs[i + 1 :]) + rest
+                self.auth_buf = b""
+                if tail:
+                    self.upstream_data(tail)
+                return
+        if self.transport is not None and out:
+            self.transport.write(b"".join(out))
+
+    def _open_mirror(self) -> None:
+        manager = self.server.mirror_manager
+        if manager is None or self.server.mode.mirror_store is None or self.startup is None:
+            return
+        params = {
+            k: v for k, v in self.startup.params if k not in ("user", "database", "replication")
+        }
+        self.recorder.prelude.extend(
+            f"SET {k} = '{v.replace(chr(39), chr(39) * 2)}'"
+            for k, v in self.startup.params
+            if k not in _NOT_SESSION_STATE
+        )
+        self.mirror = manager.open_session(self.id, params)
+        self.recorder.mirroring = True
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.recorder.discard_open()
+        if self.transport is not None:
+            if self.phase == CONNECTING or self.phase == AUTH and not self.auth_buf:
+                pass
+            self.transport.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.phase == CLOSED and self.mirror is None:
+            self.server.session_closed(self)
+            return
+        self.phase = CLOSED
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
+        self.server.session_closed(self)
+
+    # -- mirror ------------------------------------------------------------------------
+
+    def _emit(self, unit: Any) -> None:
+        if self.mirror is not None:
+            self.mirror.submit(unit)
+
+    def _unmirrorable(self, sql: str, reason: str) -> None:
+        from proxy.classify import fingerprint
+
+        self.server.divergences.record(
+            "unmirrorable", session=self.id, fingerprint=fingerprint(sql), reason=reason
+        )
+
+    def forward_cancel(self) -> None:
+        if self.old_key is not None:
+            self.server.spawn(self.server.send_cancel(self.server.authoritative_dsn, *self.old_key))

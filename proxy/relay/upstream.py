@@ -1,0 +1,37 @@
+"""The connection from one client session to the authoritative store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.relay.client import ClientSession
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """Hands every chunk to the client session; mirrors flow control back to it."""
+
+    __slots__ = ("session", "transport")
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.session.upstream_lost(exc)
+
+    # The store cannot take more: stop reading the client until it drains.
+    def pause_writing(self) -> None:
+        self.session.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        self.session.resume_client_reading()

@@ -1,0 +1,110 @@
+"""Server -> client stream scanner.
+
+How this works: the relay forwards every chunk from the server as it arrives;
+the scanner only walks message headers to keep track of boundaries and hands
+back the few messages the proxy must understand (ReadyForQuery, CommandComplete,
+ErrorResponse, the extended-protocol acknowledgements, COPY switches...).
+DataRow and other bulk messages are skipped by length without being copied,
+including when they straddle chunks, so a large result costs one header read
+per row and no Python object.
+
+``feed`` returns a list of ``(type_byte, body)`` pairs; ``body`` is ``b""`` for
+acknowledgement-only types whose content the proxy does not need.
+"""
+
+from __future__ import annotations
+
+from struct import unpack_from
+
+from proxy.wire.pg._errors import ProtocolError
+
+# Types whose body the proxy reads.
+_WITH_BODY = frozenset(b"ZCEKSR")
+# Types the proxy needs to see, but not their body.
+_TYPE_ONLY = frozenset(b"123nsITtGHWcV")
+_TRACKED = _WITH_BODY | _TYPE_ONLY
+_MAX_BODY = 1 << 30
+
+
+class BackendScanner:
+    __slots__ = ("_buf", "_skip")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._skip = 0  # bytes of an untracked message still to pass over
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        skip = self._skip
+        if skip:
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return out
+            data = data[skip:]
+            self._skip = 0
+        buf = self._buf + data if self._buf else data
+        n = len(buf)
+        pos = 0
+        tracked = _TRACKED
+        with_body = _WITH_BODY
+        while n - pos >= 5:
+            t = buf[pos]
+            length = unpack_from("!i", buf, pos + 1)[0]
+            if length < 4 or length > _MAX_BODY:
+                raise ProtocolError(f"invalid backend message length {length}")
+            end = pos + 1 + length
+            if t not in tracked:
+                if end > n:
+                    self._skip = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if t in with_body:
+                if end > n:
+                    break
+                out.append((t, buf[pos + 5 : end]))
+            else:
+                if end > n:  # only the type matters: report it, skip the rest
+                    out.append((t, b""))
+                    self._skip = end - n
+                    pos = n
+                    break
+                out.append((t, b""))
+            pos = end
+        self._buf = buf[pos:] if pos < n else b""
+        return out
+
+
+def split_messages(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split complete typed messages (type, raw) off ``buf``; return the rest.
+
+    Used during startup and authentication, where every message is looked at
+    and BackendKeyData is rewritten.
+    """
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= 5:
+        length = unpack_from("!i", buf, pos + 1)[0]
+        if length < 4 or length > _MAX_BODY:
+            raise ProtocolError(f"invalid backend message length {length}")
+        end = pos + 1 + length
+        if end > n:
+            break
+        out.append((buf[pos], buf[pos:end]))
+        pos = end
+    return out, buf[pos:]
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    """Decode an ErrorResponse/NoticeResponse body into {field code: value}."""
+    fields: dict[str, str] = {}
+    for part in body.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return fields
+
+
+def command_tag(body: bytes) -> str:
+    return body.rstrip(b"\0").decode("ascii", "replace")

@@ -1,0 +1,168 @@
+"""Client -> server stream parser.
+
+How this works: the stream starts with untyped startup packets (int32 length,
+int32 code); once a StartupMessage has been seen every message is typed (one
+type byte, int32 length including itself, body).  ``feed(data)`` returns the
+complete messages as events and keeps any partial tail for the next call.
+A bad length, an unknown type or a message over ``max_message_size`` raises
+``ProtocolError`` and leaves the parser in a terminal state: after a protocol
+error the stream has no reliable message boundary left.
+"""
+
+from __future__ import annotations
+
+from struct import unpack_from
+
+from proxy.wire.pg import _events as ev
+from proxy.wire.pg._errors import ProtocolError
+
+PROTOCOL_3 = 196608  # 3.0
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+_MAX_STARTUP = 10_000  # the server's own bound on a startup packet
+
+
+def _cstr(buf: bytes, pos: int) -> tuple[str, int]:
+    end = buf.find(b"\0", pos)
+    if end < 0:
+        raise ProtocolError("unterminated string in message")
+    return buf[pos:end].decode("utf-8", "surrogateescape"), end + 1
+
+
+def _startup(raw: bytes) -> ev.FrontendEvent:
+    code = unpack_from("!i", raw, 4)[0]
+    if code == SSL_REQUEST and len(raw) == 8:
+        return ev.SSLRequest(raw)
+    if code == GSSENC_REQUEST and len(raw) == 8:
+        return ev.GSSENCRequest(raw)
+    if code == CANCEL_REQUEST:
+        if len(raw) < 16:
+            raise ProtocolError("invalid cancel request length")
+        return ev.CancelRequest(raw, unpack_from("!i", raw, 8)[0], raw[12:])
+    if code >> 16 != 3:
+        raise ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}", "0A000")
+    params: list[tuple[str, str]] = []
+    pos = 8
+    while True:
+        if pos >= len(raw):
+            raise ProtocolError("startup packet is not terminated")
+        if raw[pos] == 0:
+            break
+        key, pos = _cstr(raw, pos)
+        value, pos = _cstr(raw, pos)
+        params.append((key, value))
+    if not any(k == "user" for k, _ in params):
+        raise ProtocolError("no PostgreSQL user name specified in startup packet", "28000")
+    return ev.StartupMessage(raw, code, tuple(params))
+
+
+def _typed(t: int, raw: bytes) -> ev.FrontendEvent:
+    if t == 0x51:  # 'Q'
+        sql, _ = _cstr(raw, 5)
+        return ev.Query(raw, sql)
+    if t == 0x50:  # 'P'
+        name, pos = _cstr(raw, 5)
+        end = raw.find(b"\0", pos)
+        if end < 0 or end + 3 > len(raw):
+            raise ProtocolError("invalid Parse message")
+        return ev.Parse(raw, name, raw[pos:end].decode("utf-8", "surrogateescape"), raw[pos:])
+    if t == 0x42:  # 'B'
+        portal, pos = _cstr(raw, 5)
+        stmt, pos = _cstr(raw, pos)
+        return ev.Bind(raw, portal, stmt, raw[pos:])
+    if t == 0x45:  # 'E'
+        portal, pos = _cstr(raw, 5)
+        if pos + 4 != len(raw):
+            raise ProtocolError("invalid Execute message")
+        return ev.Execute(raw, portal, unpack_from("!i", raw, pos)[0])
+    if t == 0x53:  # 'S'
+        return ev.Sync(raw)
+    if t == 0x44 or t == 0x43:  # 'D' Describe, 'C' Close
+        if len(raw) < 7 or raw[5] not in b"SP":
+            raise ProtocolError("invalid Describe/Close target")
+        name, _ = _cstr(raw, 6)
+        cls = ev.Describe if t == 0x44 else ev.Close
+        return cls(raw, chr(raw[5]), name)
+    if t == 0x64:  # 'd'
+        return ev.CopyData(raw)
+    if t == 0x63:  # 'c'
+        return ev.CopyDone(raw)
+    if t == 0x66:  # 'f'
+        return ev.CopyFail(raw)
+    if t == 0x48:  # 'H'
+        return ev.Flush(raw)
+    if t == 0x58:  # 'X'
+        return ev.Terminate(raw)
+    if t == 0x70:  # 'p'
+        return ev.AuthResponse(raw)
+    if t == 0x46:  # 'F'
+        return ev.FunctionCall(raw)
+    raise ProtocolError(f"invalid frontend message type {t}")
+
+
+class FrontendParser:
+    """Turns the client's byte stream into events (see module docstring)."""
+
+    __slots__ = ("_buf", "_startup", "_broken", "max_message_size")
+
+    def __init__(self, max_message_size: int = 1 << 30) -> None:
+        self._buf = b""
+        self._startup = True
+        self._broken = False
+        self.max_message_size = max_message_size
+
+    @property
+    def in_startup(self) -> bool:
+        return self._startup
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[ev.FrontendEvent]:
+        if self._broken:
+            raise ProtocolError("connection already failed")
+        buf = self._buf + data if self._buf else data
+        out: list[ev.FrontendEvent] = []
+        pos = 0
+        n = len(buf)
+        try:
+            while True:
+                if self._startup:
+                    if n - pos < 4:
+                        break
+                    length = unpack_from("!i", buf, pos)[0]
+                    if length < 8 or length > _MAX_STARTUP:
+                        raise ProtocolError("invalid length of startup packet")
+                    if n - pos < length:
+                        break
+                    event = _startup(bytes(buf[pos : pos + length]))
+                    pos += length
+                    if isinstance(event, ev.StartupMessage):
+                        self._startup = False
+                    out.append(event)
+                    if isinstance(event, ev.CancelRequest):
+                        break  # nothing may follow a cancel request
+                    continue
+                if n - pos < 5:
+                    break
+                t = buf[pos]
+                length = unpack_from("!i", buf, pos + 1)[0]
+                if length < 4:
+                    raise ProtocolError(f"invalid message length {length}")
+                if length > self.max_message_size:
+                    raise ProtocolError(
+                        f"message of {length} bytes exceeds the limit of {self.max_message_size}"
+                    )
+                end = pos + 1 + length
+                if end > n:
+                    break
+                out.append(_typed(t, buf[pos:end] if pos or end != n else buf))
+                pos = end
+        except ProtocolError:
+            self._broken = True
+            self._buf = b""
+            raise
+        self._buf = buf[pos:] if pos < n else b""
+        return out
