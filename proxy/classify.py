@@ -104,9 +104,11 @@ _DML_NODES = frozenset(("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"))
 # Heads whose kind depends on the rest of the statement.
 _SHAPE_HEADS = frozenset(("select", "with", "values", "explain", "copy", "declare"))
 
-_HEAD = re.compile(r"[ \t\r\n]*([A-Za-z_]+)")
+_KNOWN_HEADS = frozenset(_HEAD_KINDS) | _SHAPE_HEADS
+_HEAD_WINDOW = 32  # longer than any keyword plus a little indentation
+_TRAILING = " \t\r\n;"
 _WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9$]*")
-_FOR_INTO = re.compile(r"\b(?:for|into)\b", re.IGNORECASE)
+_FOR_INTO = re.compile(r"\b(?:for|into)\b")  # on lowercased text
 _ANALYZE = re.compile(r"\banaly[sz]e\b", re.IGNORECASE)
 
 
@@ -251,11 +253,11 @@ def classify(sql: str) -> Kind:
 
 
 def _classify_text(sql: str) -> Kind:
-    semi = sql.find(";")
-    if semi < 0 or not sql[semi:].strip(" \t\r\n;"):
-        return _classify_statement(sql)
+    body = sql.rstrip(_TRAILING)
+    if ";" not in body:
+        return _classify_statement(body)
     kind = READ
-    for statement in _statements(sql):
+    for statement in _statements(body):
         found = _classify_statement(statement)
         if _RANK[found] > _RANK[kind]:
             kind = found
@@ -283,19 +285,21 @@ def _statements(sql: str) -> Iterator[str]:
 
 
 def _classify_statement(sql: str) -> Kind:
-    m = _HEAD.match(sql)
-    if m is not None:
-        head, end = m.group(1).lower(), m.end()
-    else:
-        head, end = _next_word(sql)
+    """One statement, without its trailing ';'."""
+    words = sql[:_HEAD_WINDOW].split(None, 1)
+    head = words[0].lower() if words and (len(words) == 2 or len(sql) <= _HEAD_WINDOW) else ""
+    if head not in _KNOWN_HEADS:  # comments, '(', a glued token, long indentation...
+        head = _next_word(sql)[0]
     kind = _HEAD_KINDS.get(head)
     if kind is not None:
-        if head == "prepare" and _next_word(sql, end)[0] == "transaction":
+        if head == "prepare" and _next_word(sql, _next_word(sql)[1])[0] == "transaction":
             return TXN
         return kind
     if head == "select":
-        if "(" not in sql and _FOR_INTO.search(sql) is None:
-            return READ  # the hot path: no call, no lock, no INTO
+        if "(" not in sql:
+            low = sql.lower()
+            if ("for" not in low and "into" not in low) or _FOR_INTO.search(low) is None:
+                return READ  # the hot path: no call, no lock, no INTO
         return _shaped_kind(sql, head)
     if head in _SHAPE_HEADS:
         if head == "explain" and _ANALYZE.search(sql) is None:

@@ -359,11 +359,15 @@ table_checksum() {
 
 # Compare bench_old and bench_new; print EQUAL / DIFFERENT per table. Returns 1 on any difference.
 check_equal() {
-    local label=$1 t a b verdict rc=0
+    local label=$1 t a b pid verdict rc=0
     log "equality check ($label): $OLD_DB vs $NEW_DB"
     for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
-        a=$(table_checksum "$OLD_DB" "$t")
+        # Both databases at once (one backend each).
+        table_checksum "$OLD_DB" "$t" >"$WORK/checksum.old" &
+        pid=$!
         b=$(table_checksum "$NEW_DB" "$t")
+        wait "$pid"
+        a=$(<"$WORK/checksum.old")
         if [[ $a == "$b" ]]; then verdict=EQUAL; else verdict=DIFFERENT; rc=1; fi
         printf '  %-18s %s\n' "$t" "$verdict"
         [[ $verdict == EQUAL ]] || printf '    old: %s\n    new: %s\n' "$a" "$b"
