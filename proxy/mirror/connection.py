@@ -21,6 +21,8 @@ from proxy.wire.pg._auth import ScramClient, md5_password
 from proxy.wire.pg._tracker import B, E, P, Q, S
 
 _STATEMENT_CACHE = 2000
+# Command tags of statements that drop every prepared statement of the connection.
+_DROPS_STATEMENTS = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 
 
 class MirrorUnavailable(Exception):
@@ -190,6 +192,10 @@ class MirrorConnection:
                 res.skipped = req.skipped
                 if req.error is not None:
                     res.error = error_fields(req.error)
+                if _DROPS_STATEMENTS.intersection(req.tags):
+                    # The client's DEALLOCATE ALL / DISCARD ALL (psycopg sends one after
+                    # every rollback) also dropped this connection's own statements.
+                    self._statements.clear()
             elif isinstance(token, tuple) and (req.error is not None or req.skipped):
                 self._statements.pop(token[1], None)  # the Parse did not take
         if tracker.status != ord("I"):

@@ -24,6 +24,8 @@ from proxy.classify import Kind
 from proxy.mirror.recorder import Recorder
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.wire.pg import (
+    BOUNDARIES,
+    TRACKED,
     BackendScanner,
     FrontendParser,
     ProtocolError,
@@ -55,8 +57,13 @@ class ClientSession(asyncio.Protocol):
         self.upstream: UpstreamProtocol | None = None
         self.phase = STARTUP
         self.parser = FrontendParser(server.settings.max_message_size)
-        self.scanner = BackendScanner()
+        self.scanner = BackendScanner(BOUNDARIES)
         self.tracker = Tracker()
+        # Mirroring needs every request paired with its answer (the tracker);
+        # without it only ReadyForQuery is looked at, which is much cheaper.
+        self.tracking = False
+        self.outstanding = 0  # Sync/Query/FunctionCall not yet answered by ReadyForQuery
+        self.status = _IDLE  # transaction status from the last ReadyForQuery
         self.startup: ev.StartupMessage | None = None
         self.early: list[bytes] = []
         self.auth_buf = b""
@@ -69,6 +76,7 @@ class ClientSession(asyncio.Protocol):
         self.client_gone = False
         self.tls = False
         self.stats = server.statement_counters(self.store)
+        self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
 
     # -- client side -----------------------------------------------------------------
 
@@ -98,13 +106,47 @@ class ClientSession(asyncio.Protocol):
             self._fail("XX000", "internal error in shadowproxy")
 
     def _relay_requests(self, events: list[Any], whole: bytes | None) -> None:
-        tracker = self.tracker
-        rec = self.recorder
         upstream = self.upstream
         if upstream is None or upstream.transport is None:
             return
-        if not tracker.pending:
+        if not self.outstanding:
             self.batch_started = time.perf_counter()
+        if self.tracking:
+            self._track_requests(events)
+        else:
+            self._count_requests(events)
+        upstream.transport.write(whole if whole is not None else b"".join([e.raw for e in events]))
+
+    def _count_requests(self, events: list[Any]) -> None:
+        """No mirroring: only statement kinds and transaction boundaries matter."""
+        rec = self.recorder
+        stats = self.stats
+        for e in events:
+            cls = type(e)
+            if cls is ev.Bind:
+                rec.bind(e)
+            elif cls is ev.Execute:
+                stats[rec.execute(e)[0]].inc()
+            elif cls is ev.Parse:
+                rec.parse(e)
+            elif cls is ev.Sync:
+                self.outstanding += 1
+            elif cls is ev.Query:
+                stats[rec.query(e)[0]].inc()
+                self.outstanding += 1
+            elif cls is ev.Close:
+                rec.close(e)
+            elif cls is ev.FunctionCall:
+                stats[Kind.WRITE].inc()
+                self.outstanding += 1
+            elif cls is ev.Terminate:
+                self.client_gone = True
+
+    def _track_requests(self, events: list[Any]) -> None:
+        """Mirroring: pair every request with its answer to build mirror units."""
+        tracker = self.tracker
+        rec = self.recorder
+        stats = self.stats
         for e in events:
             cls = type(e)
             if cls is ev.Bind:
@@ -112,19 +154,21 @@ class ClientSession(asyncio.Protocol):
                 tracker.request(B)
             elif cls is ev.Execute:
                 kind, token = rec.execute(e)
-                self.stats[kind].inc()
+                stats[kind].inc()
                 tracker.request(E, token)
             elif cls is ev.Parse:
                 rec.parse(e)
                 tracker.request(P)
             elif cls is ev.Sync:
                 tracker.request(S)
+                self.outstanding += 1
             elif cls is ev.Describe:
                 tracker.request(D)
             elif cls is ev.Query:
                 kind, token = rec.query(e)
-                self.stats[kind].inc()
+                stats[kind].inc()
                 tracker.request(Q, token)
+                self.outstanding += 1
             elif cls is ev.CopyData:
                 head = tracker.head
                 if head is not None:
@@ -133,7 +177,7 @@ class ClientSession(asyncio.Protocol):
                 rec.close(e)
                 tracker.request(C)
             elif cls is ev.FunctionCall:
-                self.stats[Kind.WRITE].inc()
+                stats[Kind.WRITE].inc()
                 self.server.divergences.record(
                     "unmirrorable",
                     session=self.id,
@@ -141,9 +185,9 @@ class ClientSession(asyncio.Protocol):
                     reason="fastpath function call",
                 )
                 tracker.request(F)
+                self.outstanding += 1
             elif cls is ev.Terminate:
                 self.client_gone = True
-        upstream.transport.write(whole if whole is not None else b"".join([e.raw for e in events]))
 
     def _startup_event(self, e: Any) -> None:
         assert self.transport is not None
@@ -223,7 +267,7 @@ class ClientSession(asyncio.Protocol):
         self.transport = None
         up = self.upstream.transport if self.upstream else None
         if up is not None and not up.is_closing():
-            if self.phase == READY and self.tracker.pending:
+            if self.phase == READY and self.outstanding:
                 # Requests in flight (a COMMIT, say) must still be answered so a
                 # committed unit is not lost to the mirror: let the store finish
                 # them, then it reads Terminate and closes.
@@ -257,13 +301,18 @@ class ClientSession(asyncio.Protocol):
             if self.phase == READY:
                 if self.transport is not None:
                     self.transport.write(data)
-                for t, body in self.scanner.feed(data):
-                    if t == 0x53:  # ParameterStatus: relayed; nothing to track yet
-                        continue
-                    for c in self.tracker.response(t, body):
-                        self.recorder.complete(c)
-                        if c.status:
-                            self._ready(c.status)
+                if self.tracking:
+                    for t, body in self.scanner.feed(data):
+                        if t == 0x53:  # ParameterStatus: relayed; nothing to track yet
+                            continue
+                        for c in self.tracker.response(t, body):
+                            self.recorder.complete(c)
+                            if c.status:
+                                self._ready(c.status)
+                else:
+                    for t, body in self.scanner.feed(data):
+                        if t == 0x5A:
+                            self._ready(body[0])
             else:
                 self._auth_data(data)
         except ProtocolError as exc:
@@ -276,12 +325,13 @@ class ClientSession(asyncio.Protocol):
             self._fail("XX000", "internal error in shadowproxy")
 
     def _ready(self, status: int) -> None:
-        metrics.UPSTREAM_LATENCY.labels(self.store).observe(
-            time.perf_counter() - self.batch_started
-        )
-        if self.tracker.pending:
+        """ReadyForQuery: a request batch ended; a transaction boundary if idle."""
+        self.status = status
+        self.outstanding -= 1
+        self.latency.observe(time.perf_counter() - self.batch_started)
+        if self.outstanding:
             self.batch_started = time.perf_counter()
-        if status == _IDLE and self.server.draining and not self.tracker.pending:
+        if status == _IDLE and self.server.draining and not self.outstanding:
             self._fail("57P01", "terminating connection: shadowproxy is shutting down")
 
     def _auth_data(self, data: bytes) -> None:
@@ -330,6 +380,8 @@ class ClientSession(asyncio.Protocol):
         )
         self.mirror = manager.open_session(self.id, params)
         self.recorder.mirroring = True
+        self.tracking = True
+        self.scanner.tracked = TRACKED
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.recorder.discard_open()

@@ -159,7 +159,7 @@ class ProxyServer:
     async def shutdown(self) -> None:
         self.draining = True
         for s in list(self.sessions):
-            if not s.tracker.pending and s.tracker.status == ord("I"):
+            if not s.outstanding and s.status == ord("I"):
                 s._fail("57P01", "terminating connection: shadowproxy is shutting down")
         deadline = time.monotonic() + _SHUTDOWN_GRACE
         while self.sessions and time.monotonic() < deadline:

@@ -5,12 +5,21 @@ No asyncio, sockets, clocks, logging or metrics here (a test checks it).
 
 from proxy.wire.pg import _events as events
 from proxy.wire.pg import _messages as messages
-from proxy.wire.pg._backend import BackendScanner, command_tag, error_fields, split_messages
+from proxy.wire.pg._backend import (
+    BOUNDARIES,
+    TRACKED,
+    BackendScanner,
+    command_tag,
+    error_fields,
+    split_messages,
+)
 from proxy.wire.pg._errors import ProtocolError
 from proxy.wire.pg._frontend import FrontendParser
 from proxy.wire.pg._tracker import Completion, Request, Tracker
 
 __all__ = [
+    "BOUNDARIES",
+    "TRACKED",
     "BackendScanner",
     "Completion",
     "FrontendParser",

@@ -14,7 +14,7 @@ acknowledgement-only types whose content the proxy does not need.
 
 from __future__ import annotations
 
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 from proxy.wire.pg._errors import ProtocolError
 
@@ -24,14 +24,19 @@ _WITH_BODY = frozenset(b"ZCEKSR")
 _TYPE_ONLY = frozenset(b"123nsITtGHWcV")
 _TRACKED = _WITH_BODY | _TYPE_ONLY
 _MAX_BODY = 1 << 30
+_int32 = Struct("!i").unpack_from
+# What the relay needs when it does not pair requests with answers (no mirroring):
+# transaction boundaries, errors and parameter changes.
+BOUNDARIES = frozenset(b"ZES")
 
 
 class BackendScanner:
-    __slots__ = ("_buf", "_skip")
+    __slots__ = ("_buf", "_skip", "tracked")
 
-    def __init__(self) -> None:
+    def __init__(self, tracked: frozenset[int] = _TRACKED) -> None:
         self._buf = b""
         self._skip = 0  # bytes of an untracked message still to pass over
+        self.tracked = tracked  # may change between messages (mode changes)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
@@ -45,11 +50,12 @@ class BackendScanner:
         buf = self._buf + data if self._buf else data
         n = len(buf)
         pos = 0
-        tracked = _TRACKED
+        tracked = self.tracked
         with_body = _WITH_BODY
+        int32 = _int32
         while n - pos >= 5:
             t = buf[pos]
-            length = unpack_from("!i", buf, pos + 1)[0]
+            length = int32(buf, pos + 1)[0]
             if length < 4 or length > _MAX_BODY:
                 raise ProtocolError(f"invalid backend message length {length}")
             end = pos + 1 + length
@@ -74,6 +80,9 @@ class BackendScanner:
             pos = end
         self._buf = buf[pos:] if pos < n else b""
         return out
+
+
+TRACKED = _TRACKED
 
 
 def split_messages(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:

@@ -11,7 +11,7 @@ error the stream has no reliable message boundary left.
 
 from __future__ import annotations
 
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 from proxy.wire.pg import _events as ev
 from proxy.wire.pg._errors import ProtocolError
@@ -21,6 +21,7 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 _MAX_STARTUP = 10_000  # the server's own bound on a startup packet
+_int32 = Struct("!i").unpack_from
 
 
 def _cstr(buf: bytes, pos: int) -> tuple[str, int]:
@@ -58,32 +59,43 @@ def _startup(raw: bytes) -> ev.FrontendEvent:
 
 
 def _typed(t: int, raw: bytes) -> ev.FrontendEvent:
-    if t == 0x51:  # 'Q'
-        sql, _ = _cstr(raw, 5)
-        return ev.Query(raw, sql)
+    # Ordered by frequency in extended-protocol traffic: Bind, Execute, Sync, Parse...
+    if t == 0x42:  # 'B'
+        end = raw.find(b"\0", 5)
+        end2 = raw.find(b"\0", end + 1) if end >= 0 else -1
+        if end2 < 0:
+            raise ProtocolError("unterminated string in message")
+        return ev.Bind(
+            raw,
+            raw[5:end].decode("utf-8", "surrogateescape"),
+            raw[end + 1 : end2].decode("utf-8", "surrogateescape"),
+            raw[end2 + 1 :],
+        )
+    if t == 0x45:  # 'E'
+        end = raw.find(b"\0", 5)
+        if end < 0 or end + 5 != len(raw):
+            raise ProtocolError("invalid Execute message")
+        return ev.Execute(
+            raw, raw[5:end].decode("utf-8", "surrogateescape"), _int32(raw, end + 1)[0]
+        )
+    if t == 0x53:  # 'S'
+        return ev.Sync(raw)
     if t == 0x50:  # 'P'
         name, pos = _cstr(raw, 5)
         end = raw.find(b"\0", pos)
         if end < 0 or end + 3 > len(raw):
             raise ProtocolError("invalid Parse message")
         return ev.Parse(raw, name, raw[pos:end].decode("utf-8", "surrogateescape"), raw[pos:])
-    if t == 0x42:  # 'B'
-        portal, pos = _cstr(raw, 5)
-        stmt, pos = _cstr(raw, pos)
-        return ev.Bind(raw, portal, stmt, raw[pos:])
-    if t == 0x45:  # 'E'
-        portal, pos = _cstr(raw, 5)
-        if pos + 4 != len(raw):
-            raise ProtocolError("invalid Execute message")
-        return ev.Execute(raw, portal, unpack_from("!i", raw, pos)[0])
-    if t == 0x53:  # 'S'
-        return ev.Sync(raw)
     if t == 0x44 or t == 0x43:  # 'D' Describe, 'C' Close
         if len(raw) < 7 or raw[5] not in b"SP":
             raise ProtocolError("invalid Describe/Close target")
         name, _ = _cstr(raw, 6)
-        cls = ev.Describe if t == 0x44 else ev.Close
-        return cls(raw, chr(raw[5]), name)
+        if t == 0x44:
+            return ev.Describe(raw, chr(raw[5]), name)
+        return ev.Close(raw, chr(raw[5]), name)
+    if t == 0x51:  # 'Q'
+        sql, _ = _cstr(raw, 5)
+        return ev.Query(raw, sql)
     if t == 0x64:  # 'd'
         return ev.CopyData(raw)
     if t == 0x63:  # 'c'
@@ -148,7 +160,7 @@ class FrontendParser:
                 if n - pos < 5:
                     break
                 t = buf[pos]
-                length = unpack_from("!i", buf, pos + 1)[0]
+                length = _int32(buf, pos + 1)[0]
                 if length < 4:
                     raise ProtocolError(f"invalid message length {length}")
                 if length > self.max_message_size:
