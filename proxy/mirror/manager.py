@@ -101,6 +101,7 @@ class MirrorManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replayer: asyncio.Task[None] | None = None
         self.last_error = ""
+        self.store_label = "new"  # the store the mirror writes to (old in write-new)
         metrics.JOURNAL_BACKLOG.set(self.journal.pending())
 
     # -- lifecycle -------------------------------------------------------------------
@@ -289,8 +290,12 @@ class SessionMirror:
                     continue
                 unit = self.queue[0]
                 m.apply_started()
+                started = time.perf_counter()
                 try:
                     results = await self._apply(unit)
+                    metrics.UPSTREAM_LATENCY.labels(m.store_label).observe(
+                        time.perf_counter() - started
+                    )
                 except MirrorUnavailable as exc:
                     m.last_error = str(exc)
                     log.warning("mirror session %d: %s", self.session_id, exc)
