@@ -119,6 +119,7 @@ echo "round,workload,target,port,tps,latency_ms,failed,status,log" >"$RESULTS_CS
 echo "round,table,old,new,verdict" >"$EQUALITY_CSV"
 
 STARTED_PIDS=()
+PGBENCH_PID=""
 
 stop_pid() {
     local pid=$1 i
@@ -138,6 +139,7 @@ stop_pid() {
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
+    [[ -n $PGBENCH_PID ]] && stop_pid "$PGBENCH_PID"
     for pid in "${STARTED_PIDS[@]}"; do
         stop_pid "$pid"
     done
@@ -410,12 +412,16 @@ run_one() {
     port=$(target_port "$target")
     mapfile -t wargs < <(workload_args "$workload")
     logf="$WORK/runs/r$round-$workload-$target.log"
-    if pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "${wargs[@]}" \
-        -h "$HOST" -p "$port" -U "$PGUSER_NAME" "$OLD_DB" >"$logf" 2>&1; then
+    # In the background + wait, so that an INT/TERM trap runs at once (and stops it).
+    pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "${wargs[@]}" \
+        -h "$HOST" -p "$port" -U "$PGUSER_NAME" "$OLD_DB" >"$logf" 2>&1 &
+    PGBENCH_PID=$!
+    if wait "$PGBENCH_PID"; then
         status=ok
     else
         status="exit$?"
     fi
+    PGBENCH_PID=""
     parsed=$(python3 "$REPORT" parse "$logf")
     IFS=, read -r tps lat failed <<<"$parsed"
     if [[ $status == ok && (-z $tps || -z $lat) ]]; then status=unparsed; fi
@@ -489,6 +495,11 @@ elif ((DIVERGENCES == 0)); then
 else
     echo "Equality check: DIFFERENT after $DIVERGENCES of $EQUALITY_CHECKS dual-write write run(s) (see $EQUALITY_CSV)."
 fi
+for mode in old-only dual-write; do
+    has_target "$mode" || continue
+    div="$WORK/proxy-$mode/div.jsonl"
+    echo "Proxy $mode divergence log: $( [[ -f $div ]] && wc -l <"$div" || echo 0) event(s) ($div)"
+done
 echo "Raw results: $RESULTS_CSV"
 echo "Logs: $WORK"
 
