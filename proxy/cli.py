@@ -145,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # the demo parses its own options
+        from proxy.demo import main as demo_main
+
+        return int(demo_main(argv[1:]) or 0)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help, --version and usage errors

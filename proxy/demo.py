@@ -1113,11 +1113,12 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def _wait_for_ctrl_c(proxy: Proxy) -> None:
+def _wait_for_ctrl_c(proxy: Proxy, database: str) -> None:
     say()
     say(f"--keep: the proxy keeps running on 127.0.0.1:{proxy.port} in dual-write mode.")
     say(f"  admin          {proxy.admin_url}/status   {proxy.admin_url}/metrics")
-    say(f"  connect        psql -h 127.0.0.1 -p {proxy.port} -U {PG_USER} -d <old database>")
+    say(f"  connect        psql -h 127.0.0.1 -p {proxy.port} -U {PG_USER} -d {database}")
+    say("                 (give inserted rows explicit ids: serial defaults are not pinned yet)")
     say("Press Ctrl-C to stop it.")
     stop = False
 
@@ -1207,7 +1208,7 @@ def run_demo(args: argparse.Namespace) -> int:
         keep_workdir = not outcome.ok
 
         if args.keep:
-            _wait_for_ctrl_c(proxy)
+            _wait_for_ctrl_c(proxy, args.old_db)
         return 0 if outcome.ok else 1
     return 1  # not reached (the with block returns or raises)
 
