@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proxy.classify import Kind, classify
+from proxy.classify import Kind, _next_word, classify
 from proxy.mirror.unit import Item, ItemKind, Unit
 from proxy.wire.pg import Completion
 from proxy.wire.pg import events as ev
@@ -32,6 +32,17 @@ _IDLE = ord("I")
 Token = tuple[Item, Kind] | None
 
 
+def _is_rollback_to(sql: str) -> bool:
+    """ROLLBACK [WORK | TRANSACTION] TO ...: tagged ROLLBACK, yet the transaction goes on."""
+    word, end = _next_word(sql)
+    if word != "rollback":
+        return False
+    word, end = _next_word(sql, end)
+    if word in ("work", "transaction"):
+        word, end = _next_word(sql, end)
+    return word == "to"
+
+
 class Recorder:
     __slots__ = (
         "session_id",
@@ -40,6 +51,7 @@ class Recorder:
         "_portals",
         "_items",
         "prelude",
+        "_prelude_at_start",
         "_seq",
         "_clock",
         "on_unmirrorable",
@@ -59,6 +71,7 @@ class Recorder:
         self._portals: dict[str, tuple[str, bytes, bytes, Kind]] = {}
         self._items: list[tuple[Item, Kind]] = []
         self.prelude: list[str] = []
+        self._prelude_at_start: tuple[str, ...] = ()  # in force when the open unit began
         self._seq = 0
         self._clock = clock
         self.on_unmirrorable = on_unmirrorable
@@ -113,6 +126,8 @@ class Recorder:
             item, kind = token
             if req.error is None and not req.skipped:
                 item.tags = req.tags
+                if not self._items:
+                    self._prelude_at_start = tuple(self.prelude)
                 self._items.append(token)
                 if kind is Kind.SESSION:
                     self._remember_session_state(item.sql)
@@ -120,7 +135,7 @@ class Recorder:
                     tag = req.tags[-1]
                     if tag == "COMMIT":
                         self._close_unit(committed=True)
-                    elif tag == "ROLLBACK":
+                    elif tag == "ROLLBACK" and not _is_rollback_to(item.sql):
                         self._close_unit(committed=False)
             elif req.kind == Q and "COMMIT" in req.tags and self.on_unmirrorable:
                 # A multi-statement query committed part of its work and then failed.
@@ -140,6 +155,9 @@ class Recorder:
     def _close_unit(self, committed: bool) -> None:
         items = self._items
         self._items = []
+        if not committed and items:
+            # The store rolled back the SETs made in the unit too.
+            self.prelude[:] = self._prelude_at_start
         if not committed or not items:
             return
         self._seq += 1
@@ -152,7 +170,7 @@ class Recorder:
                 session_id=self.session_id,
                 seq=self._seq,
                 in_transaction=in_txn,
-                prelude=tuple(self.prelude),
+                prelude=self._prelude_at_start,
                 items=[it for it, _ in items],
                 committed_at=self._clock(),
             )

@@ -32,14 +32,17 @@ class ScramClient:
         return ("n,," + self._first_bare).encode()
 
     def final_message(self, server_first: bytes) -> bytes:
-        text = server_first.decode()
-        attrs = dict(part.split("=", 1) for part in text.split(","))
-        nonce, salt, iterations = attrs.get("r", ""), attrs.get("s", ""), attrs.get("i", "")
-        if not nonce.startswith(self.nonce) or not salt or not iterations.isdigit():
-            raise ProtocolError("invalid SCRAM server-first-message", "28000")
-        salted = hashlib.pbkdf2_hmac(
-            "sha256", self.password.encode(), base64.b64decode(salt), int(iterations)
-        )
+        try:  # UnicodeError and binascii.Error are ValueErrors too
+            text = server_first.decode()
+            attrs = dict(part.split("=", 1) for part in text.split(","))
+            nonce, salt, iterations = attrs.get("r", ""), attrs.get("s", ""), attrs.get("i", "")
+            if not nonce.startswith(self.nonce) or not salt or not iterations.isdigit():
+                raise ValueError(text)
+            salted = hashlib.pbkdf2_hmac(
+                "sha256", self.password.encode(), base64.b64decode(salt), int(iterations)
+            )
+        except (ValueError, OverflowError) as exc:
+            raise ProtocolError("invalid SCRAM server-first-message", "28000") from exc
         client_key = hmac.digest(salted, b"Client Key", "sha256")
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c=biws,r={nonce}"
@@ -51,8 +54,10 @@ class ScramClient:
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
 
     def verify_final(self, server_final: bytes) -> None:
-        text = server_final.decode()
-        if not text.startswith("v=") or not hmac.compare_digest(
-            base64.b64decode(text[2:]), self._server_signature
-        ):
+        try:
+            text = server_final.decode()
+            signature = base64.b64decode(text[2:]) if text.startswith("v=") else b""
+        except ValueError:
+            signature = b""
+        if not signature or not hmac.compare_digest(signature, self._server_signature):
             raise ProtocolError("SCRAM server signature mismatch", "28000")

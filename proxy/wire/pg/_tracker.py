@@ -84,7 +84,10 @@ class Tracker:
         head = q[0]
         if t == 0x45:  # ErrorResponse
             self.batch_error = True
-            if head.kind in (Q, F):
+            # Q/F: ReadyForQuery still follows.  S: the implicit transaction
+            # failed to commit at Sync (deferred constraint, serialization
+            # failure); ReadyForQuery completes the Sync as a failed batch.
+            if head.kind in (Q, F, S):
                 head.error = body
                 return []
             q.popleft()
