@@ -55,9 +55,14 @@ def _configure_logging(settings: Settings) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings)
+    from proxy.mirror.journal import JournalError
     from proxy.relay.server import serve
 
-    _run(serve(settings))  # Ctrl-C / SIGTERM are handled inside serve()
+    try:
+        _run(serve(settings))  # Ctrl-C / SIGTERM are handled inside serve()
+    except JournalError as exc:  # e.g. another proxy holds the journal
+        print(f"{PROG}: journal error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -99,9 +104,18 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 def _cmd_journal_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings)
+    from proxy.mirror.connection import MirrorUnavailable
+    from proxy.mirror.journal import JournalError
     from proxy.mirror.replay import replay_journal
 
-    print(_run(replay_journal(settings)))
+    try:
+        print(_run(replay_journal(settings)))
+    except JournalError as exc:  # e.g. a running proxy holds the journal
+        print(f"{PROG}: journal error: {exc}", file=sys.stderr)
+        return 1
+    except MirrorUnavailable as exc:  # what was not replayed stays in the journal
+        print(f"{PROG}: replay stopped, the new store is unavailable: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

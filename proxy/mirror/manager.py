@@ -143,12 +143,14 @@ class MirrorManager:
     # -- journaling ------------------------------------------------------------------
 
     def to_journal(self, units: list[Unit], reason: str) -> None:
-        if not units:
+        """Journal ``units`` and switch to journaling (an empty list only switches)."""
+        if not units and self.journaling:
             return
-        self.journal.append_many(units)
-        metrics.JOURNAL_APPENDED.inc(len(units))
-        metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
-        metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+        if units:
+            self.journal.append_many(units)
+            metrics.JOURNAL_APPENDED.inc(len(units))
+            metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
+            metrics.JOURNAL_BACKLOG.set(self.journal.pending())
         if not self.journaling:
             log.warning("mirror: switching to the journal (%s)", reason)
             self.journaling = True
@@ -225,22 +227,26 @@ class SessionMirror:
         self.conn: MirrorConnection | None = None
         self._ready = asyncio.Event()
         self._closing = False
+        # queue[0] is being applied live: it must not also go to the journal, and no
+        # later unit of this session may enter the journal before its outcome is known.
+        self._applying = False
         self._task = asyncio.get_running_loop().create_task(self._run())
         manager.track(self._task)
 
     def submit(self, unit: Unit) -> None:
         m = self.manager
-        if m.journaling:
+        if m.journaling and not self.queue:
             m.to_journal([unit], "journaling")
             return
         size = unit.size
-        if (
+        if not m.journaling and (
             m.queued_units >= m.config.queue_max_units
             or m.queued_bytes + size > m.config.queue_max_bytes
         ):
             self.queue.append(unit)
             self._account(1, size)
-            m.to_journal(self._take_all(), "overflow")
+            # While queue[0] is in flight the worker journals the queue after it.
+            m.to_journal([] if self._applying else self._take_all(), "overflow")
             return
         self.queue.append(unit)
         self._account(1, size)
@@ -258,8 +264,11 @@ class SessionMirror:
         return units
 
     def spill(self, reason: str) -> None:
-        """Move everything still queued to the journal (keeps session order)."""
-        if self.queue:
+        """Move everything still queued to the journal (keeps session order).
+
+        Not while a unit is in flight: the worker spills once its outcome is known.
+        """
+        if self.queue and not self._applying:
             units = self._take_all()
             self.manager.journal.append_many(units)
             metrics.JOURNAL_APPENDED.inc(len(units))
@@ -290,6 +299,7 @@ class SessionMirror:
                     continue
                 unit = self.queue[0]
                 m.apply_started()
+                self._applying = True
                 started = time.perf_counter()
                 try:
                     results = await self._apply(unit)
@@ -302,6 +312,7 @@ class SessionMirror:
                     m.to_journal(self._take_all(), "lost" if self.conn else "connect")
                     continue
                 finally:
+                    self._applying = False
                     m.apply_finished()
                 self.queue.popleft()
                 self._account(-1, -unit.size)
