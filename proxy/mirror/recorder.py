@@ -29,7 +29,11 @@ from proxy.wire.pg._tracker import E, Q
 _PRELUDE_MAX = 64
 _IDLE = ord("I")
 
-Token = tuple[Item, Kind] | None
+# Query: (item, kind).  Execute: (item, kind, row limit), where the kind is None for
+# an Execute that fetches more rows from a portal already recorded (after
+# PortalSuspended): the statement ran once, at its first Execute, and the rows of
+# every part add up to its row count.
+Token = tuple[Item, Kind] | tuple[Item, Kind | None, int] | None
 
 
 def _is_rollback_to(sql: str) -> bool:
@@ -43,12 +47,22 @@ def _is_rollback_to(sql: str) -> bool:
     return word == "to"
 
 
+def _add_rows(tags: list[str], rows: int) -> list[str]:
+    """The last tag with ``rows`` more rows ("INSERT 0 0" + 500 -> "INSERT 0 500")."""
+    head, _, count = tags[-1].rpartition(" ")
+    if not rows or not count.isdigit():
+        return tags
+    return [*tags[:-1], f"{head} {int(count) + rows}"]
+
+
 class Recorder:
     __slots__ = (
         "session_id",
         "_emit",
         "_statements",
         "_portals",
+        "_executed",
+        "_rows_sent",
         "_items",
         "prelude",
         "_prelude_at_start",
@@ -69,6 +83,8 @@ class Recorder:
         self._emit = emit
         self._statements: dict[str, tuple[str, bytes, Kind]] = {}
         self._portals: dict[str, tuple[str, bytes, bytes, Kind]] = {}
+        self._executed: dict[str, Item] = {}  # portal -> its item, once executed
+        self._rows_sent: dict[int, int] = {}  # id(item) -> rows of its suspended parts
         self._items: list[tuple[Item, Kind]] = []
         self.prelude: list[str] = []
         self._prelude_at_start: tuple[str, ...] = ()  # in force when the open unit began
@@ -94,6 +110,7 @@ class Recorder:
             self._portals[e.portal] = (st[0], st[1], e.body, st[2])
         else:
             self._portals.pop(e.portal, None)
+        self._executed.pop(e.portal, None)
 
     def execute(self, e: ev.Execute) -> tuple[Kind, Token]:
         p = self._portals.get(e.portal)
@@ -102,13 +119,19 @@ class Recorder:
         sql, parse_body, bind_body, kind = p
         if kind is Kind.READ or not self.mirroring:
             return kind, None
-        return kind, (Item(ItemKind.EXECUTE, sql, parse_body=parse_body, bind_body=bind_body), kind)
+        item = self._executed.get(e.portal)
+        if item is not None:
+            return kind, (item, None, e.max_rows)
+        item = Item(ItemKind.EXECUTE, sql, parse_body=parse_body, bind_body=bind_body)
+        self._executed[e.portal] = item
+        return kind, (item, kind, e.max_rows)
 
     def close(self, e: ev.Close) -> None:
         if e.target == "S":
             self._statements.pop(e.name, None)
         else:
             self._portals.pop(e.name, None)
+            self._executed.pop(e.name, None)
 
     def copy_data(self, token: Any, e: ev.CopyData) -> None:
         """CopyData the client streams while the store is in COPY FROM STDIN."""
@@ -123,12 +146,19 @@ class Recorder:
         req = c.request
         token: Token = req.token
         if req.kind in (Q, E) and token is not None:
-            item, kind = token
-            if req.error is None and not req.skipped:
+            item, kind = token[0], token[1]
+            limit = token[2] if len(token) == 3 else 0
+            if req.kind == E and limit and req.error is None and not req.skipped and not req.tags:
+                # PortalSuspended: exactly ``limit`` rows went out in this part.
+                self._rows_sent[id(item)] = self._rows_sent.get(id(item), 0) + limit
+            if kind is None:
+                if req.error is None and req.tags:  # the last part: count every part
+                    item.tags = _add_rows(req.tags, self._rows_sent.pop(id(item), 0))
+            elif req.error is None and not req.skipped:
                 item.tags = req.tags
                 if not self._items:
                     self._prelude_at_start = tuple(self.prelude)
-                self._items.append(token)
+                self._items.append((item, kind))
                 if kind is Kind.SESSION:
                     self._remember_session_state(item.sql)
                 if req.kind == E and req.tags:
@@ -145,16 +175,20 @@ class Recorder:
             self._close_unit(committed)
 
     def _ends_in_rollback(self) -> bool:
+        """The transaction ended in ROLLBACK (or in a COMMIT the store turned into
+        one): nothing of it persisted, unless a COMMIT inside a multi-statement
+        query made part of the unit durable first."""
         last = self._items[-1][0]
         return (
             bool(last.tags)
             and last.tags[-1] == "ROLLBACK"
-            and all(len(it.tags) <= 1 for it, _ in self._items)
+            and not any("COMMIT" in it.tags for it, _ in self._items)
         )
 
     def _close_unit(self, committed: bool) -> None:
         items = self._items
         self._items = []
+        self._rows_sent.clear()
         if not committed and items:
             # The store rolled back the SETs made in the unit too.
             self.prelude[:] = self._prelude_at_start
@@ -190,3 +224,4 @@ class Recorder:
     def discard_open(self) -> None:
         """The client went away mid-transaction: the store rolls it back."""
         self._items = []
+        self._rows_sent.clear()
