@@ -91,7 +91,8 @@ class Position:
 # Little-endian, every length explicit, text as UTF-8 ("surrogatepass", so any
 # Python str round-trips, including surrogate-escaped client bytes):
 #
-#   unit := version u8 | flags u8 | session_id i64 | seq i64 | committed_at f64
+#   unit := version u8 | flags u8 | session_id i64 | seq i64 | order i64 | after i64
+#           | committed_at f64
 #           | n_prelude u32 | n_items u32 | n_prelude * text | n_items * item
 #   item := kind u8 | len(sql) u32 | len(parse_body) u32 | len(bind_body) u32
 #           | n_copy u32 | n_tags u32 | sql | parse_body | bind_body
@@ -100,7 +101,7 @@ class Position:
 
 _ENCODING_VERSION = 1
 _IN_TRANSACTION = 0x01
-_UNIT_HEAD = struct.Struct("<BBqqdII")
+_UNIT_HEAD = struct.Struct("<BBqqqqdII")
 _ITEM_HEAD = struct.Struct("<BIIIII")
 _U32 = struct.Struct("<I")
 _MAX_PAYLOAD = 0xFFFFFFFF
@@ -127,6 +128,8 @@ def encode_unit(unit: Unit) -> bytes:
                 flags,
                 unit.session_id,
                 unit.seq,
+                unit.order,
+                unit.after,
                 unit.committed_at,
                 len(unit.prelude),
                 len(unit.items),
@@ -195,7 +198,9 @@ class _Reader:
 def decode_unit(payload: bytes) -> Unit:
     """Decode what `encode_unit` produced.  Raises ValueError on anything else."""
     r = _Reader(bytes(payload))
-    version, flags, session_id, seq, committed_at, n_prelude, n_items = r.unpack(_UNIT_HEAD)
+    version, flags, session_id, seq, order, after, committed_at, n_prelude, n_items = r.unpack(
+        _UNIT_HEAD
+    )
     if version != _ENCODING_VERSION:
         raise ValueError(f"unsupported unit encoding version {version}")
     if flags & ~_IN_TRANSACTION:
@@ -221,6 +226,8 @@ def decode_unit(payload: bytes) -> Unit:
         prelude=prelude,
         items=items,
         committed_at=committed_at,
+        order=order,
+        after=after,
     )
 
 

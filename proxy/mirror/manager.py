@@ -2,15 +2,23 @@
 
 How this works: each client session owns a ``SessionMirror``: an ordered queue
 of units and one worker task that applies them on the session's own mirror
-connection.  Whenever a unit cannot be applied live (the mirror store is down,
-the connection broke, the queue is over its bound) the manager switches to
-*journaling*: that unit, the rest of every session's queue and every later
-unit go to the durable journal, in order, until the replayer has drained the
-journal; then live mirroring resumes.  One rule keeps each session's order: a
-unit is never applied live while older units may still sit in the journal.
-Units the mirror store rejects (an SQL error the authoritative store did not
-raise) are divergences: logged, counted, and kept in the rejected journal for
-repair.  Nothing is ever dropped.
+connection.  Every unit gets its place in the authoritative commit order
+(``order``) when it is submitted, and remembers the last order committed before
+its transaction began (``after``).  A worker applies its head unit only once
+every unit up to ``after`` has been applied (the ``watermark``): a transaction
+that started after another one committed -- the next request of a connection
+pool, a second ``pgbench -i`` -- reaches the mirror after it, whichever
+sessions ran them.  Concurrent transactions still apply in parallel.
+
+Whenever a unit cannot be applied live (the mirror store is down, the
+connection broke, the queue is over its bound) the manager switches to
+*journaling*: workers stop starting applies; once the applies in flight have
+finished, every queued unit of every session is written to the durable
+journal in commit order, later units are appended directly, and the replayer
+applies the journal serially (so in commit order) until it is empty; then live
+mirroring resumes.  Units the mirror store rejects (an SQL error the
+authoritative store did not raise) are divergences: logged, counted, and kept
+in the rejected journal for repair.  Nothing is ever dropped.
 """
 
 from __future__ import annotations
@@ -90,17 +98,25 @@ class MirrorManager:
         self.divergences = divergences
         self.journal = Journal(config.journal_dir)
         self.rejected = Journal(config.journal_dir / "rejected")
+        # journaling: no live applies start.  direct: queues have been spilled and
+        # new units go straight to the journal.
         self.journaling = self.journal.pending() > 0
+        self.direct = self.journaling
         self.sessions: dict[int, SessionMirror] = {}
         self.queued_units = 0
         self.queued_bytes = 0
         self.inflight = 0
+        self.order = 0  # last commit order handed out
+        self.watermark = 0  # every unit with order <= watermark is applied or journaled
+        self._done: set[int] = set()
+        self._progress = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replayer: asyncio.Task[None] | None = None
         self.last_error = ""
+        self.journal_reason = "restart"  # what made the manager switch to the journal
         self.store_label = "new"  # the store the mirror writes to (old in write-new)
         metrics.JOURNAL_BACKLOG.set(self.journal.pending())
 
@@ -113,15 +129,14 @@ class MirrorManager:
         """Let workers drain their queues, then journal whatever is left."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
-        for sm in list(self.sessions.values()):
-            sm.spill("shutdown")
-        for task in list(self._tasks) + ([self._replayer] if self._replayer else []):
+        self.start_journaling("shutdown")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        tasks = [*self._tasks, *([self._replayer] if self._replayer else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(
-            *self._tasks, *([self._replayer] if self._replayer else []), return_exceptions=True
-        )
-        for sm in list(self.sessions.values()):
-            sm.spill("shutdown")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._spill_all("shutdown")
         self.journal.close()
         self.rejected.close()
 
@@ -140,23 +155,69 @@ class MirrorManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- commit order ------------------------------------------------------------------
+
+    def submit(self, sm: SessionMirror, unit: Unit) -> None:
+        self.order += 1
+        unit.order = self.order
+        if self.direct:
+            self._append([unit], "journaling")
+            return
+        sm.enqueue(unit)
+        if (
+            self.queued_units > self.config.queue_max_units
+            or self.queued_bytes > self.config.queue_max_bytes
+        ):
+            self.start_journaling("overflow")
+
+    def _pulse(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait_progress(self) -> None:
+        await self._progress.wait()
+
+    def finished(self, order: int) -> None:
+        """A unit was applied live or journaled: advance the watermark."""
+        if order == self.watermark + 1:
+            self.watermark = order
+            done = self._done
+            while self.watermark + 1 in done:
+                self.watermark += 1
+                done.discard(self.watermark)
+            self._pulse()
+        elif order > self.watermark:
+            self._done.add(order)
+
     # -- journaling ------------------------------------------------------------------
 
-    def to_journal(self, units: list[Unit], reason: str) -> None:
-        """Journal ``units`` and switch to journaling (an empty list only switches)."""
-        if not units and self.journaling:
-            return
-        if units:
-            self.journal.append_many(units)
-            metrics.JOURNAL_APPENDED.inc(len(units))
-            metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
-            metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+    def start_journaling(self, reason: str) -> None:
         if not self.journaling:
             log.warning("mirror: switching to the journal (%s)", reason)
             self.journaling = True
-            for sm in self.sessions.values():
-                sm.spill(reason)
+            self.journal_reason = reason
+            self._pulse()
         self._wake.set()
+
+    def _append(self, units: list[Unit], reason: str) -> None:
+        if not units:
+            return
+        self.journal.append_many(units)
+        for u in units:
+            self.finished(u.order)
+        metrics.JOURNAL_APPENDED.inc(len(units))
+        metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
+        metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+
+    def _spill_all(self, reason: str) -> None:
+        """Every queued unit of every session to the journal, in commit order."""
+        units: list[Unit] = []
+        for sm in self.sessions.values():
+            units.extend(sm.take_all())
+        units.sort(key=lambda u: u.order)
+        self._append(units, reason)
+        for sm in self.sessions.values():
+            sm.wake()
 
     def reject(self, unit: Unit) -> None:
         self.rejected.append(unit)
@@ -179,11 +240,13 @@ class MirrorManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             self._wake.clear()
-            if self.journal.pending() == 0:
-                self.journaling = False
+            if not self.journaling and self.journal.pending() == 0:
                 continue
             self.journaling = True
-            await self._idle.wait()  # no live apply may overtake the journal
+            await self._idle.wait()  # applies in flight finish (or fail) first
+            if not self.direct:
+                self._spill_all(self.journal_reason)
+                self.direct = True
             try:
                 n = await replay_pending(
                     self.journal,
@@ -192,17 +255,20 @@ class MirrorManager:
                     self.reject,
                     self.config.apply_timeout,
                 )
-                metrics.JOURNAL_BACKLOG.set(self.journal.pending())
-                if n:
-                    log.info("mirror: replayed %d journaled units", n)
-                delay = 0.5
-                if self.journal.pending() == 0:
-                    self.journaling = False
-                    log.info("mirror: journal drained, live mirroring resumed")
             except MirrorUnavailable as exc:
                 self.last_error = str(exc)
                 metrics.JOURNAL_BACKLOG.set(self.journal.pending())
                 delay = min(delay * 2, 5.0)
+                continue
+            metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+            if n:
+                log.info("mirror: replayed %d journaled units", n)
+            delay = 0.5
+            if self.journal.pending() == 0:  # no await since replay_pending saw it empty
+                self.journaling = False
+                self.direct = False
+                self._pulse()
+                log.info("mirror: journal drained, live mirroring resumed")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -212,6 +278,9 @@ class MirrorManager:
             "journal_backlog_units": self.journal.pending(),
             "rejected_units": self.rejected.pending(),
             "mirror_sessions": len(self.sessions),
+            "mirror_inflight": self.inflight,
+            "commit_order": self.order,
+            "mirror_watermark": self.watermark,
             "last_mirror_error": self.last_error,
         }
 
@@ -227,29 +296,15 @@ class SessionMirror:
         self.conn: MirrorConnection | None = None
         self._ready = asyncio.Event()
         self._closing = False
-        # queue[0] is being applied live: it must not also go to the journal, and no
-        # later unit of this session may enter the journal before its outcome is known.
-        self._applying = False
         self._task = asyncio.get_running_loop().create_task(self._run())
         manager.track(self._task)
 
     def submit(self, unit: Unit) -> None:
-        m = self.manager
-        if m.journaling and not self.queue:
-            m.to_journal([unit], "journaling")
-            return
-        size = unit.size
-        if not m.journaling and (
-            m.queued_units >= m.config.queue_max_units
-            or m.queued_bytes + size > m.config.queue_max_bytes
-        ):
-            self.queue.append(unit)
-            self._account(1, size)
-            # While queue[0] is in flight the worker journals the queue after it.
-            m.to_journal([] if self._applying else self._take_all(), "overflow")
-            return
+        self.manager.submit(self, unit)
+
+    def enqueue(self, unit: Unit) -> None:
         self.queue.append(unit)
-        self._account(1, size)
+        self._account(1, unit.size)
         self._ready.set()
 
     def _account(self, units: int, size: int) -> None:
@@ -257,23 +312,14 @@ class SessionMirror:
         self.manager.queued_bytes += size
         metrics.MIRROR_QUEUE_DEPTH.set(self.manager.queued_units)
 
-    def _take_all(self) -> list[Unit]:
+    def take_all(self) -> list[Unit]:
         units = list(self.queue)
         self.queue.clear()
         self._account(-len(units), -sum(u.size for u in units))
         return units
 
-    def spill(self, reason: str) -> None:
-        """Move everything still queued to the journal (keeps session order).
-
-        Not while a unit is in flight: the worker spills once its outcome is known.
-        """
-        if self.queue and not self._applying:
-            units = self._take_all()
-            self.manager.journal.append_many(units)
-            metrics.JOURNAL_APPENDED.inc(len(units))
-            metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
-            metrics.JOURNAL_BACKLOG.set(self.manager.journal.pending())
+    def wake(self) -> None:
+        self._ready.set()
 
     def close(self) -> None:
         """The client left: finish the queue, then close the connection."""
@@ -294,39 +340,42 @@ class SessionMirror:
                     self._ready.clear()
                     await self._ready.wait()
                     continue
-                if m.journaling:
-                    self.spill("journaling")
-                    continue
                 unit = self.queue[0]
-                m.apply_started()
-                self._applying = True
-                started = time.perf_counter()
-                try:
-                    results = await self._apply(unit)
-                    metrics.UPSTREAM_LATENCY.labels(m.store_label).observe(
-                        time.perf_counter() - started
-                    )
-                except MirrorUnavailable as exc:
-                    m.last_error = str(exc)
-                    log.warning("mirror session %d: %s", self.session_id, exc)
-                    m.to_journal(self._take_all(), "lost" if self.conn else "connect")
+                if m.journaling or unit.after > m.watermark:
+                    await m.wait_progress()  # the journal takes over, or our turn comes
                     continue
-                finally:
-                    self._applying = False
-                    m.apply_finished()
-                self.queue.popleft()
-                self._account(-1, -unit.size)
-                metrics.MIRROR_APPLIED.inc()
-                metrics.MIRROR_STATEMENTS.inc(len(unit.items))
-                metrics.MIRROR_LAG.observe(max(0.0, time.time() - unit.committed_at))
-                if not check_results(unit, results, m.divergences) and any(
-                    r.error is not None or r.skipped for r in results
-                ):
-                    m.reject(unit)
+                if not await self._apply_head(unit):
+                    m.start_journaling("lost" if self.conn else "connect")
         finally:
             if self.conn is not None:
                 self.conn.close()
             m.sessions.pop(self.session_id, None)
+
+    async def _apply_head(self, unit: Unit) -> bool:
+        """Apply queue[0]; False (and the unit stays queued) if the mirror is unavailable."""
+        m = self.manager
+        m.apply_started()
+        started = time.perf_counter()
+        try:
+            results = await self._apply(unit)
+        except MirrorUnavailable as exc:
+            m.last_error = str(exc)
+            log.warning("mirror session %d: %s", self.session_id, exc)
+            return False
+        finally:
+            m.apply_finished()
+        metrics.UPSTREAM_LATENCY.labels(m.store_label).observe(time.perf_counter() - started)
+        self.queue.popleft()
+        self._account(-1, -unit.size)
+        m.finished(unit.order)
+        metrics.MIRROR_APPLIED.inc()
+        metrics.MIRROR_STATEMENTS.inc(len(unit.items))
+        metrics.MIRROR_LAG.observe(max(0.0, time.time() - unit.committed_at))
+        if not check_results(unit, results, m.divergences) and any(
+            r.error is not None or r.skipped for r in results
+        ):
+            m.reject(unit)
+        return True
 
     async def _apply(self, unit: Unit) -> list[ItemResult]:
         if self.conn is None or not self.conn.connected:

@@ -70,6 +70,8 @@ class Recorder:
         "_clock",
         "on_unmirrorable",
         "mirroring",
+        "order_now",
+        "_after",
     )
 
     def __init__(
@@ -92,6 +94,8 @@ class Recorder:
         self._clock = clock
         self.on_unmirrorable = on_unmirrorable
         self.mirroring = False  # build units only when the mode mirrors writes
+        self.order_now: Callable[[], int] = lambda: 0  # the mirror's last commit order
+        self._after = 0
 
     # -- requests (client -> authoritative store) --------------------------------
 
@@ -158,6 +162,8 @@ class Recorder:
                 item.tags = req.tags
                 if not self._items:
                     self._prelude_at_start = tuple(self.prelude)
+                    # Units committed before now must reach the mirror before this one.
+                    self._after = self.order_now()
                 self._items.append((item, kind))
                 if kind is Kind.SESSION:
                     self._remember_session_state(item.sql)
@@ -207,6 +213,7 @@ class Recorder:
                 prelude=self._prelude_at_start,
                 items=[it for it, _ in items],
                 committed_at=self._clock(),
+                after=self._after,
             )
         )
 

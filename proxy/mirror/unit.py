@@ -48,6 +48,11 @@ class Unit:
     prelude: tuple[str, ...]  # session-state SQL (SET ...) in force for the unit
     items: list[Item]
     committed_at: float  # wall-clock time (time.time()) of the authoritative commit
+    # Position in the authoritative commit order, across all sessions of this proxy.
+    order: int = 0
+    # Every unit with ``order <= after`` committed before this unit's transaction
+    # began, so it must reach the mirror first (causal order across sessions).
+    after: int = 0
 
     @property
     def size(self) -> int:

@@ -379,6 +379,7 @@ class ClientSession(asyncio.Protocol):
             if k not in _NOT_SESSION_STATE
         )
         self.mirror = manager.open_session(self.id, params)
+        self.recorder.order_now = lambda: manager.order
         self.recorder.mirroring = True
         self.tracking = True
         self.scanner.tracked = TRACKED
