@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.classify import Kind
+from proxy.classify import Kind, classify
 from proxy.mirror.recorder import Recorder
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.wire.pg import (
@@ -28,6 +28,7 @@ from proxy.wire.pg import (
     TRACKED,
     BackendScanner,
     FrontendParser,
+    LeanFrontend,
     ProtocolError,
     Tracker,
     error_fields,
@@ -66,6 +67,9 @@ class ClientSession(asyncio.Protocol):
         self.status = _IDLE  # transaction status from the last ReadyForQuery
         self.startup: ev.StartupMessage | None = None
         self.early: list[bytes] = []
+        self.pending_requests: list[Any] = []
+        # Without mirroring the client stream is only walked (LeanFrontend).
+        self.lean: LeanFrontend | None = None
         self.auth_buf = b""
         self.old_key: tuple[int, bytes] | None = None
         self.key = (secrets.randbits(31), secrets.token_bytes(4))
@@ -86,6 +90,30 @@ class ClientSession(asyncio.Protocol):
         self.server.session_opened(self)
 
     def data_received(self, data: bytes) -> None:
+        lean = self.lean
+        if lean is not None:  # no mirroring: the cheapest path
+            try:
+                out, kinds, batches, terminate = lean.feed(data)
+            except ProtocolError as exc:
+                metrics.PROTOCOL_ERRORS.labels("client").inc()
+                log.info("session %d: client protocol error: %s", self.id, exc)
+                self._fail(exc.sqlstate, str(exc))
+                return
+            upstream = self.upstream
+            if upstream is None or upstream.transport is None:
+                return
+            if batches:
+                if not self.outstanding:
+                    self.batch_started = perf_counter()
+                self.outstanding += batches
+            stats = self.stats
+            for kind in kinds:
+                stats[kind].value += 1
+            if terminate:
+                self.client_gone = True
+            if out:
+                upstream.transport.write(out)
+            return
         try:
             had_partial = self.parser.buffered
             events = self.parser.feed(data)
@@ -110,7 +138,7 @@ class ClientSession(asyncio.Protocol):
         if upstream is None or upstream.transport is None:
             return
         if not self.outstanding:
-            self.batch_started = time.perf_counter()
+            self.batch_started = perf_counter()
         if self.tracking:
             self._track_requests(events)
         else:
@@ -192,7 +220,11 @@ class ClientSession(asyncio.Protocol):
     def _startup_event(self, e: Any) -> None:
         assert self.transport is not None
         if self.phase in (CONNECTING, AUTH):
-            if self.phase == AUTH and self.upstream and self.upstream.transport:
+            if not isinstance(e, ev.AuthResponse) and self.phase == AUTH:
+                # A request pipelined before the session is ready: it must go
+                # through the request path once it is (tracking, counting).
+                self.pending_requests.append(e)
+            elif self.phase == AUTH and self.upstream and self.upstream.transport:
                 self.upstream.transport.write(e.raw)
             else:
                 self.early.append(e.raw)
@@ -328,9 +360,10 @@ class ClientSession(asyncio.Protocol):
         """ReadyForQuery: a request batch ended; a transaction boundary if idle."""
         self.status = status
         self.outstanding -= 1
-        self.latency.observe(time.perf_counter() - self.batch_started)
+        now = perf_counter()
+        self.latency.observe(now - self.batch_started)
         if self.outstanding:
-            self.batch_started = time.perf_counter()
+            self.batch_started = now
         if status == _IDLE and self.server.draining and not self.outstanding:
             self._fail("57P01", "terminating connection: shadowproxy is shutting down")
 
@@ -358,6 +391,16 @@ class ClientSession(asyncio.Protocol):
                 self.phase = READY
                 if self.transport is not None:
                     self.transport.write(b"".join(out))
+                if self.pending_requests:
+                    self._relay_requests(self.pending_requests, None)
+                    self.pending_requests = []
+                if not self.tracking:
+                    self.lean = LeanFrontend(
+                        classify,
+                        Kind.WRITE,
+                        self.server.settings.max_message_size,
+                        self.parser.take_buffer(),
+                    )
                 tail = b"".join(r for _, r in msgs[i + 1 :]) + rest
                 self.auth_buf = b""
                 if tail:

@@ -15,6 +15,7 @@ from proxy.wire.pg._backend import (
 )
 from proxy.wire.pg._errors import ProtocolError
 from proxy.wire.pg._frontend import FrontendParser
+from proxy.wire.pg._lean import LeanFrontend
 from proxy.wire.pg._tracker import Completion, Request, Tracker
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "BackendScanner",
     "Completion",
     "FrontendParser",
+    "LeanFrontend",
     "ProtocolError",
     "Request",
     "Tracker",

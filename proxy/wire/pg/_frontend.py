@@ -132,6 +132,11 @@ class FrontendParser:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take_buffer(self) -> bytes:
+        """Hand the unparsed tail over to another parser (see LeanFrontend)."""
+        buf, self._buf = self._buf, b""
+        return bytes(buf)
+
     def feed(self, data: bytes) -> list[ev.FrontendEvent]:
         if self._broken:
             raise ProtocolError("connection already failed")
