@@ -228,11 +228,10 @@ def test_bad_length_raises(data: bytes, length: int) -> None:
 
 def test_boundaries_only_scanner() -> None:
     s = BackendScanner(BOUNDARIES)
-    assert as_bytes(feed_all(s, [MIXED[:40], MIXED[40:]])) == [
-        (ch("E"), ERROR_BODY),
-        (ch("S"), b"TimeZone\0UTC\0"),
-        (ch("Z"), b"T"),
-    ]
+    # Without mirroring only ReadyForQuery is reported, whatever the chunking.
+    for cut in range(1, len(MIXED)):
+        s = BackendScanner(BOUNDARIES)
+        assert as_bytes(feed_all(s, [MIXED[:cut], MIXED[cut:]])) == [(ch("Z"), b"T")]
     assert BOUNDARIES <= TRACKED
 
 

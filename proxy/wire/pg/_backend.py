@@ -26,8 +26,8 @@ _TRACKED = _WITH_BODY | _TYPE_ONLY
 _MAX_BODY = 1 << 30
 _int32 = Struct("!i").unpack_from
 # What the relay needs when it does not pair requests with answers (no mirroring):
-# transaction boundaries, errors and parameter changes.
-BOUNDARIES = frozenset(b"ZES")
+# transaction boundaries only (a specialised loop, see ``_ready_only``).
+BOUNDARIES = frozenset(b"Z")
 
 
 class BackendScanner:
@@ -50,6 +50,8 @@ class BackendScanner:
         buf = self._buf + data if self._buf else data
         n = len(buf)
         pos = 0
+        if self.tracked is BOUNDARIES:
+            return self._ready_only(buf, n, out)
         tracked = self.tracked
         with_body = _WITH_BODY
         int32 = _int32
@@ -77,6 +79,29 @@ class BackendScanner:
                     pos = n
                     break
                 out.append((t, b""))
+            pos = end
+        self._buf = buf[pos:] if pos < n else b""
+        return out
+
+    def _ready_only(
+        self, buf: bytes, n: int, out: list[tuple[int, bytes]]
+    ) -> list[tuple[int, bytes]]:
+        """The relay's cheapest mode: only ReadyForQuery matters (no mirroring)."""
+        pos = 0
+        int32 = _int32
+        while n - pos >= 5:
+            length = int32(buf, pos + 1)[0]
+            if not 4 <= length <= _MAX_BODY:
+                raise ProtocolError(f"invalid backend message length {length}")
+            end = pos + 1 + length
+            if end > n:
+                if buf[pos] == 0x5A:
+                    break  # keep the partial ReadyForQuery for the next chunk
+                self._skip = end - n
+                pos = n
+                break
+            if buf[pos] == 0x5A:
+                out.append((0x5A, buf[pos + 5 : end]))
             pos = end
         self._buf = buf[pos:] if pos < n else b""
         return out
