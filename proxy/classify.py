@@ -551,3 +551,56 @@ def _add_target(targets: list[tuple[int, str]], rel: dict[str, Any] | None) -> N
     if rel and rel.get("relname"):
         parts = [rel.get(k) for k in ("catalogname", "schemaname", "relname")]
         targets.append((rel.get("location", 0), ".".join(p for p in parts if p)))
+
+
+_TAG_KINDS: dict[bytes, Kind] = {}
+_TAG_FIRST_WORD = {
+    b"SELECT": Kind.READ,
+    b"FETCH": Kind.READ,
+    b"MOVE": Kind.READ,
+    b"SHOW": Kind.READ,
+    b"EXPLAIN": Kind.READ,
+    b"CLOSE": Kind.READ,
+    b"DECLARE": Kind.READ,
+    b"INSERT": Kind.WRITE,
+    b"UPDATE": Kind.WRITE,
+    b"DELETE": Kind.WRITE,
+    b"MERGE": Kind.WRITE,
+    b"COPY": Kind.WRITE,
+    b"TRUNCATE": Kind.WRITE,
+    b"CALL": Kind.WRITE,
+    b"DO": Kind.WRITE,
+    b"LOCK": Kind.WRITE,
+    b"NOTIFY": Kind.WRITE,
+    b"REFRESH": Kind.WRITE,
+    b"BEGIN": Kind.TXN,
+    b"START": Kind.TXN,
+    b"COMMIT": Kind.TXN,
+    b"ROLLBACK": Kind.TXN,
+    b"SAVEPOINT": Kind.TXN,
+    b"RELEASE": Kind.TXN,
+    b"SET": Kind.SESSION,
+    b"RESET": Kind.SESSION,
+    b"DISCARD": Kind.SESSION,
+    b"PREPARE": Kind.SESSION,
+    b"DEALLOCATE": Kind.SESSION,
+    b"LISTEN": Kind.SESSION,
+    b"UNLISTEN": Kind.SESSION,
+    b"LOAD": Kind.SESSION,
+}
+
+
+def kind_of_tag(body: bytes) -> Kind:
+    """The statement kind a CommandComplete tag reports (its first word).
+
+    Used where the relay does not read the client's statements (nothing is
+    mirrored): the store's answer names what ran.  ``SELECT`` counts as a read
+    even when the query had side effects; the tag cannot tell.
+    """
+    kind = _TAG_KINDS.get(body)
+    if kind is None:
+        first = body.split(b" ", 1)[0].rstrip(b"\0")
+        kind = _TAG_FIRST_WORD.get(first, Kind.DDL)
+        if len(_TAG_KINDS) < 10_000:
+            _TAG_KINDS[body] = kind
+    return kind

@@ -127,6 +127,12 @@ UPSTREAM_LATENCY = _HotMetric(
     "histogram",
     _LATENCY_BUCKETS,
 )
+STATEMENT_ERRORS = _HotMetric(
+    "shadowproxy_statement_errors",
+    "ErrorResponses a store returned to a relayed client request, by store.",
+    ["store"],
+    "counter",
+)
 MIRROR_QUEUE_DEPTH = Gauge(
     "shadowproxy_mirror_queue_depth",
     "Mirror units waiting in the in-memory session queues.",

@@ -20,15 +20,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.classify import Kind, classify
+from proxy.classify import Kind, kind_of_tag
 from proxy.mirror.recorder import Recorder
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.wire.pg import (
     BOUNDARIES,
     TRACKED,
     BackendScanner,
+    FrameChecker,
     FrontendParser,
-    LeanFrontend,
     ProtocolError,
     Tracker,
     error_fields,
@@ -68,8 +68,9 @@ class ClientSession(asyncio.Protocol):
         self.startup: ev.StartupMessage | None = None
         self.early: list[bytes] = []
         self.pending_requests: list[Any] = []
-        # Without mirroring the client stream is only walked (LeanFrontend).
-        self.lean: LeanFrontend | None = None
+        # Without mirroring the client's messages are not parsed, only their
+        # headers checked; statements are counted from the answers' tags.
+        self.frames: FrameChecker | None = None
         self.auth_buf = b""
         self.old_key: tuple[int, bytes] | None = None
         self.key = (secrets.randbits(31), secrets.token_bytes(4))
@@ -81,6 +82,7 @@ class ClientSession(asyncio.Protocol):
         self.tls = False
         self.stats = server.statement_counters(self.store)
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
+        self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
 
     # -- client side -----------------------------------------------------------------
 
@@ -90,29 +92,22 @@ class ClientSession(asyncio.Protocol):
         self.server.session_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        lean = self.lean
-        if lean is not None:  # no mirroring: the cheapest path
+        frames = self.frames
+        if frames is not None:  # nothing mirrored: headers checked, bytes untouched
             try:
-                out, kinds, batches, terminate = lean.feed(data)
+                batches = frames.feed(data)
             except ProtocolError as exc:
                 metrics.PROTOCOL_ERRORS.labels("client").inc()
                 log.info("session %d: client protocol error: %s", self.id, exc)
                 self._fail(exc.sqlstate, str(exc))
                 return
-            upstream = self.upstream
-            if upstream is None or upstream.transport is None:
-                return
             if batches:
                 if not self.outstanding:
                     self.batch_started = perf_counter()
                 self.outstanding += batches
-            stats = self.stats
-            for kind in kinds:
-                stats[kind].value += 1
-            if terminate:
-                self.client_gone = True
-            if out:
-                upstream.transport.write(out)
+            upstream = self.upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.write(data)
             return
         try:
             had_partial = self.parser.buffered
@@ -337,6 +332,8 @@ class ClientSession(asyncio.Protocol):
                     for t, body in self.scanner.feed(data):
                         if t == 0x53:  # ParameterStatus: relayed; nothing to track yet
                             continue
+                        if t == 0x45:
+                            self.errors.value += 1
                         for c in self.tracker.response(t, body):
                             self.recorder.complete(c)
                             if c.status:
@@ -345,6 +342,12 @@ class ClientSession(asyncio.Protocol):
                     for t, body in self.scanner.feed(data):
                         if t == 0x5A:
                             self._ready(body[0])
+                        elif t == 0x43:  # CommandComplete: count the statement by its tag
+                            self.stats[kind_of_tag(body)].value += 1
+                        elif t == 0x73:  # PortalSuspended: rows of a cursor-like read
+                            self.stats[Kind.READ].value += 1
+                        else:  # ErrorResponse
+                            self.errors.value += 1
             else:
                 self._auth_data(data)
         except ProtocolError as exc:
@@ -395,12 +398,11 @@ class ClientSession(asyncio.Protocol):
                     self._relay_requests(self.pending_requests, None)
                     self.pending_requests = []
                 if not self.tracking:
-                    self.lean = LeanFrontend(
-                        classify,
-                        Kind.WRITE,
-                        self.server.settings.max_message_size,
-                        self.parser.take_buffer(),
-                    )
+                    # Nothing to mirror: from here on only frame headers are read.
+                    tail = self.parser.take_buffer()
+                    self.frames = FrameChecker(self.server.settings.max_message_size)
+                    if tail:
+                        self.data_received(tail)
                 tail = b"".join(r for _, r in msgs[i + 1 :]) + rest
                 self.auth_buf = b""
                 if tail:

@@ -14,8 +14,8 @@ from proxy.wire.pg._backend import (
     split_messages,
 )
 from proxy.wire.pg._errors import ProtocolError
+from proxy.wire.pg._frames import FrameChecker
 from proxy.wire.pg._frontend import FrontendParser
-from proxy.wire.pg._lean import LeanFrontend
 from proxy.wire.pg._tracker import Completion, Request, Tracker
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "BackendScanner",
     "Completion",
     "FrontendParser",
-    "LeanFrontend",
+    "FrameChecker",
     "ProtocolError",
     "Request",
     "Tracker",

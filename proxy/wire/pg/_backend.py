@@ -26,8 +26,9 @@ _TRACKED = _WITH_BODY | _TYPE_ONLY
 _MAX_BODY = 1 << 30
 _int32 = Struct("!i").unpack_from
 # What the relay needs when it does not pair requests with answers (no mirroring):
-# transaction boundaries only (a specialised loop, see ``_ready_only``).
-BOUNDARIES = frozenset(b"Z")
+# ReadyForQuery and CommandComplete with their bodies, PortalSuspended and
+# ErrorResponse as types only (a specialised loop, see ``_ready_only``).
+BOUNDARIES = frozenset(b"ZCsE")
 
 
 class BackendScanner:
@@ -86,7 +87,7 @@ class BackendScanner:
     def _ready_only(
         self, buf: bytes, n: int, out: list[tuple[int, bytes]]
     ) -> list[tuple[int, bytes]]:
-        """The relay's cheapest mode: only ReadyForQuery matters (no mirroring)."""
+        """The relay's cheapest mode (no mirroring): see ``BOUNDARIES``."""
         pos = 0
         int32 = _int32
         while n - pos >= 5:
@@ -95,13 +96,18 @@ class BackendScanner:
                 raise ProtocolError(f"invalid backend message length {length}")
             end = pos + 1 + length
             if end > n:
-                if buf[pos] == 0x5A:
-                    break  # keep the partial ReadyForQuery for the next chunk
+                if buf[pos] == 0x5A or buf[pos] == 0x43:
+                    break  # keep a partial ReadyForQuery / CommandComplete
+                if buf[pos] == 0x45:
+                    out.append((0x45, b""))
                 self._skip = end - n
                 pos = n
                 break
-            if buf[pos] == 0x5A:
-                out.append((0x5A, buf[pos + 5 : end]))
+            t = buf[pos]
+            if t == 0x5A or t == 0x43:
+                out.append((t, buf[pos + 5 : end]))
+            elif t == 0x73 or t == 0x45:
+                out.append((t, b""))
             pos = end
         self._buf = buf[pos:] if pos < n else b""
         return out
