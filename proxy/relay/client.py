@@ -25,7 +25,7 @@ from proxy.mirror.recorder import Recorder
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.wire.pg import (
     BOUNDARIES,
-    TRACKED,
+    OUTCOMES,
     BackendScanner,
     FrameChecker,
     FrontendParser,
@@ -36,7 +36,7 @@ from proxy.wire.pg import (
 )
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
-from proxy.wire.pg._tracker import B, C, D, E, F, P, Q, S
+from proxy.wire.pg._tracker import E, F, Q, S
 
 if TYPE_CHECKING:
     from proxy.mirror.manager import SessionMirror
@@ -166,7 +166,12 @@ class ClientSession(asyncio.Protocol):
                 self.client_gone = True
 
     def _track_requests(self, events: list[Any]) -> None:
-        """Mirroring: pair every request with its answer to build mirror units."""
+        """Mirroring: pair every Execute, Query and Sync with its answer.
+
+        Parse, Bind, Describe and Close are not paired: their acknowledgements
+        carry nothing the mirror needs, and an error they cause fails the next
+        Execute of the batch just the same (the server skips it).
+        """
         tracker = self.tracker
         rec = self.recorder
         stats = self.stats
@@ -174,19 +179,15 @@ class ClientSession(asyncio.Protocol):
             cls = type(e)
             if cls is ev.Bind:
                 rec.bind(e)
-                tracker.request(B)
             elif cls is ev.Execute:
                 kind, token = rec.execute(e)
                 stats[kind].inc()
                 tracker.request(E, token)
             elif cls is ev.Parse:
                 rec.parse(e)
-                tracker.request(P)
             elif cls is ev.Sync:
                 tracker.request(S)
                 self.outstanding += 1
-            elif cls is ev.Describe:
-                tracker.request(D)
             elif cls is ev.Query:
                 kind, token = rec.query(e)
                 stats[kind].inc()
@@ -198,7 +199,6 @@ class ClientSession(asyncio.Protocol):
                     rec.copy_data(head.token, e)
             elif cls is ev.Close:
                 rec.close(e)
-                tracker.request(C)
             elif cls is ev.FunctionCall:
                 stats[Kind.WRITE].inc()
                 self.server.divergences.record(
@@ -427,7 +427,7 @@ class ClientSession(asyncio.Protocol):
         self.recorder.order_now = lambda: manager.order
         self.recorder.mirroring = True
         self.tracking = True
-        self.scanner.tracked = TRACKED
+        self.scanner.tracked = OUTCOMES
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.recorder.discard_open()

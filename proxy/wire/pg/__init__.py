@@ -7,6 +7,7 @@ from proxy.wire.pg import _events as events
 from proxy.wire.pg import _messages as messages
 from proxy.wire.pg._backend import (
     BOUNDARIES,
+    OUTCOMES,
     TRACKED,
     BackendScanner,
     command_tag,
@@ -20,6 +21,7 @@ from proxy.wire.pg._tracker import Completion, Request, Tracker
 
 __all__ = [
     "BOUNDARIES",
+    "OUTCOMES",
     "TRACKED",
     "BackendScanner",
     "Completion",

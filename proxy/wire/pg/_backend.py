@@ -114,6 +114,10 @@ class BackendScanner:
 
 
 TRACKED = _TRACKED
+# What the relay needs when it pairs only Execute, Query, FunctionCall and Sync
+# with their answers (mirroring): the acknowledgements of Parse, Bind, Describe
+# and Close carry nothing the mirror needs, so they are skipped like DataRows.
+OUTCOMES = frozenset(b"ZCEISsGHWc")
 
 
 def split_messages(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:

@@ -16,7 +16,7 @@ The table of which backend message completes which request is ``_DONE``.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.wire.pg._backend import command_tag
@@ -36,14 +36,32 @@ _DONE: dict[int, frozenset[int]] = {
 }
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Request:
     kind: int
     token: Any
-    tags: list[str] = field(default_factory=list)
-    error: bytes | None = None  # ErrorResponse body
-    skipped: bool = False  # never executed: an earlier error in the same batch
-    copy: int = 0  # b"G"/b"H"/b"W" once the server switched to COPY
+    tags: list[str]
+    error: bytes | None  # ErrorResponse body
+    skipped: bool  # never executed: an earlier error in the same batch
+    copy: int  # b"G"/b"H"/b"W" once the server switched to COPY
+
+    def __init__(
+        self,
+        kind: int,
+        token: Any = None,
+        tags: list[str] | None = None,
+        error: bytes | None = None,
+        skipped: bool = False,
+        copy: int = 0,
+    ) -> None:
+        # Hand-written: one is built per request on the relay's hot path, and the
+        # generated __init__ with a default_factory costs noticeably more.
+        self.kind = kind
+        self.token = token
+        self.tags = [] if tags is None else tags
+        self.error = error
+        self.skipped = skipped
+        self.copy = copy
 
 
 @dataclass(slots=True)
