@@ -284,6 +284,7 @@ class ClientSession(asyncio.Protocol):
 
     def _close(self) -> None:
         self.phase = CLOSED
+        self.frames = None
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None and self.upstream.transport is not None:
@@ -324,6 +325,25 @@ class ClientSession(asyncio.Protocol):
     # -- authoritative store side ------------------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
+        if self.frames is not None:  # nothing mirrored: the hot path, kept flat
+            transport = self.transport
+            if transport is not None:
+                transport.write(data)
+            try:
+                events = self.scanner.feed(data)
+            except ProtocolError as exc:
+                self._upstream_protocol_error(exc)
+                return
+            for t, body in events:
+                if t == 0x5A:
+                    self._ready(body[0])
+                elif t == 0x43:  # CommandComplete: count the statement by its tag
+                    self.stats[kind_of_tag(body)].value += 1
+                elif t == 0x73:  # PortalSuspended: rows of a cursor-like read
+                    self.stats[Kind.READ].value += 1
+                else:  # ErrorResponse
+                    self.errors.value += 1
+            return
         try:
             if self.phase == READY:
                 if self.transport is not None:
@@ -338,26 +358,19 @@ class ClientSession(asyncio.Protocol):
                             self.recorder.complete(c)
                             if c.status:
                                 self._ready(c.status)
-                else:
-                    for t, body in self.scanner.feed(data):
-                        if t == 0x5A:
-                            self._ready(body[0])
-                        elif t == 0x43:  # CommandComplete: count the statement by its tag
-                            self.stats[kind_of_tag(body)].value += 1
-                        elif t == 0x73:  # PortalSuspended: rows of a cursor-like read
-                            self.stats[Kind.READ].value += 1
-                        else:  # ErrorResponse
-                            self.errors.value += 1
-            else:
+            elif self.phase != CLOSED:
                 self._auth_data(data)
         except ProtocolError as exc:
-            metrics.PROTOCOL_ERRORS.labels(self.store).inc()
-            log.warning("session %d: %s store protocol error: %s", self.id, self.store, exc)
-            self._fail("08P01", f"shadowproxy: protocol error from the {self.store} store")
+            self._upstream_protocol_error(exc)
         except Exception:
             metrics.SESSION_ERRORS.inc()
             log.exception("session %d: unexpected error", self.id)
             self._fail("XX000", "internal error in shadowproxy")
+
+    def _upstream_protocol_error(self, exc: ProtocolError) -> None:
+        metrics.PROTOCOL_ERRORS.labels(self.store).inc()
+        log.warning("session %d: %s store protocol error: %s", self.id, self.store, exc)
+        self._fail("08P01", f"shadowproxy: protocol error from the {self.store} store")
 
     def _ready(self, status: int) -> None:
         """ReadyForQuery: a request batch ended; a transaction boundary if idle."""
