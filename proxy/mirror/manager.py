@@ -39,6 +39,7 @@ from proxy.mirror.connection import ItemResult, MirrorConnection, MirrorUnavaila
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.journal import Journal
 from proxy.mirror.unit import Unit
+from proxy.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,24 @@ class MirrorConfig:
     queue_max_units: int
     queue_max_bytes: int
     journal_dir: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MirrorConfig:
+        new = settings.new_dsn
+        if new is None:
+            raise ValueError("SHADOW_NEW_DSN: required to mirror")
+        return cls(
+            host=new.host,
+            port=new.port,
+            user=new.user,
+            password=new.password,
+            database=new.database,
+            connect_timeout=settings.mirror_connect_timeout,
+            apply_timeout=settings.mirror_apply_timeout,
+            queue_max_units=settings.mirror_queue_max_units,
+            queue_max_bytes=settings.mirror_queue_max_bytes,
+            journal_dir=settings.journal_dir,
+        )
 
 
 ConnectionFactory = Callable[[dict[str, str]], MirrorConnection]

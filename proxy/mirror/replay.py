@@ -66,20 +66,8 @@ async def replay_journal(settings: Settings) -> int:
 
     if settings.new_dsn is None:
         raise ValueError("SHADOW_NEW_DSN: required to replay the journal")
-    new = settings.new_dsn
     divergences = DivergenceLog(settings.divergence_log, source="journal-replay")
-    config = MirrorConfig(
-        host=new.host,
-        port=new.port,
-        user=new.user,
-        password=new.password,
-        database=new.database,
-        connect_timeout=settings.mirror_connect_timeout,
-        apply_timeout=settings.mirror_apply_timeout,
-        queue_max_units=settings.mirror_queue_max_units,
-        queue_max_bytes=settings.mirror_queue_max_bytes,
-        journal_dir=settings.journal_dir,
-    )
+    config = MirrorConfig.from_settings(settings)
     manager = MirrorManager(config, divergences)
     try:
         return await replay_pending(

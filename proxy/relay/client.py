@@ -134,36 +134,8 @@ class ClientSession(asyncio.Protocol):
             return
         if not self.outstanding:
             self.batch_started = perf_counter()
-        if self.tracking:
-            self._track_requests(events)
-        else:
-            self._count_requests(events)
+        self._track_requests(events)
         upstream.transport.write(whole if whole is not None else b"".join([e.raw for e in events]))
-
-    def _count_requests(self, events: list[Any]) -> None:
-        """No mirroring: only statement kinds and transaction boundaries matter."""
-        rec = self.recorder
-        stats = self.stats
-        for e in events:
-            cls = type(e)
-            if cls is ev.Bind:
-                rec.bind(e)
-            elif cls is ev.Execute:
-                stats[rec.execute(e)[0]].inc()
-            elif cls is ev.Parse:
-                rec.parse(e)
-            elif cls is ev.Sync:
-                self.outstanding += 1
-            elif cls is ev.Query:
-                stats[rec.query(e)[0]].inc()
-                self.outstanding += 1
-            elif cls is ev.Close:
-                rec.close(e)
-            elif cls is ev.FunctionCall:
-                stats[Kind.WRITE].inc()
-                self.outstanding += 1
-            elif cls is ev.Terminate:
-                self.client_gone = True
 
     def _track_requests(self, events: list[Any]) -> None:
         """Mirroring: pair every Execute, Query and Sync with its answer.
@@ -407,15 +379,16 @@ class ClientSession(asyncio.Protocol):
                 self.phase = READY
                 if self.transport is not None:
                     self.transport.write(b"".join(out))
-                if self.pending_requests:
-                    self._relay_requests(self.pending_requests, None)
-                    self.pending_requests = []
-                if not self.tracking:
+                pending, self.pending_requests = self.pending_requests, []
+                if self.tracking:
+                    if pending:
+                        self._relay_requests(pending, None)
+                else:
                     # Nothing to mirror: from here on only frame headers are read.
-                    tail = self.parser.take_buffer()
+                    early = b"".join([e.raw for e in pending]) + self.parser.take_buffer()
                     self.frames = FrameChecker(self.server.settings.max_message_size)
-                    if tail:
-                        self.data_received(tail)
+                    if early:
+                        self.data_received(early)
                 tail = b"".join(r for _, r in msgs[i + 1 :]) + rest
                 self.auth_buf = b""
                 if tail:

@@ -47,22 +47,9 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.divergences = DivergenceLog(settings.divergence_log)
         self.mirror_manager: MirrorManager | None = None
-        new = settings.new_dsn
-        if new is not None:
+        if settings.new_dsn is not None:
             self.mirror_manager = MirrorManager(
-                MirrorConfig(
-                    host=new.host,
-                    port=new.port,
-                    user=new.user,
-                    password=new.password,
-                    database=new.database,
-                    connect_timeout=settings.mirror_connect_timeout,
-                    apply_timeout=settings.mirror_apply_timeout,
-                    queue_max_units=settings.mirror_queue_max_units,
-                    queue_max_bytes=settings.mirror_queue_max_bytes,
-                    journal_dir=settings.journal_dir,
-                ),
-                self.divergences,
+                MirrorConfig.from_settings(settings), self.divergences
             )
         self.tls_context: ssl.SSLContext | None = None
         if settings.tls_cert and settings.tls_key:
