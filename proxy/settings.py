@@ -203,6 +203,8 @@ class Settings(BaseSettings):
     journal_dir: Path = Path("shadowproxy-journal")
     divergence_log: Path = Path("shadowproxy-divergence.jsonl")
     max_message_size: int = 64 * MIB
+    # Seconds a client has to finish SSL negotiation, startup and authentication.
+    startup_timeout: float = 60.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     control_dsn: Dsn | None = None
     state_file: Path = Path("shadowproxy-state/mode.json")
@@ -270,6 +272,7 @@ class Settings(BaseSettings):
         "mirror_queue_max_bytes",
         "mirror_connect_timeout",
         "mirror_apply_timeout",
+        "startup_timeout",
     )
     @classmethod
     def _positive(cls, value: float) -> float:

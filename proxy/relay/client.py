@@ -90,6 +90,16 @@ class ClientSession(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self.server.session_opened(self)
+        # Like the server's authentication_timeout: a client that never finishes
+        # its startup must not hold a connection (and a store session) forever.
+        asyncio.get_running_loop().call_later(
+            self.server.settings.startup_timeout, self._startup_deadline
+        )
+
+    def _startup_deadline(self) -> None:
+        if self.phase < READY:
+            log.info("session %d: startup not finished in time", self.id)
+            self._fail("57014", "canceling authentication due to timeout")
 
     def data_received(self, data: bytes) -> None:
         frames = self.frames
