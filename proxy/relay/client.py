@@ -120,15 +120,22 @@ class ClientSession(asyncio.Protocol):
                 upstream.transport.write(data)
             return
         try:
-            had_partial = self.parser.buffered
-            events = self.parser.feed(data)
             if self.phase == READY:
-                self._relay_requests(
-                    events, data if not had_partial and not self.parser.buffered else None
-                )
-            else:
-                for e in events:
-                    self._startup_event(e)
+                # Forward first, then parse: the parse and the mirror bookkeeping
+                # stay off the round trip.  Answers are handled in a later
+                # callback, after this one has registered the requests.  A
+                # malformed message still ends the session below (the store
+                # refuses it too, and its connection is closed with ours).
+                upstream = self.upstream
+                if upstream is None or upstream.transport is None:
+                    return
+                if not self.outstanding:
+                    self.batch_started = perf_counter()
+                upstream.transport.write(data)
+                self._track_requests(self.parser.feed(data))
+                return
+            for e in self.parser.feed(data):
+                self._startup_event(e)
         except ProtocolError as exc:
             metrics.PROTOCOL_ERRORS.labels("client").inc()
             log.info("session %d: client protocol error: %s", self.id, exc)
@@ -138,14 +145,15 @@ class ClientSession(asyncio.Protocol):
             log.exception("session %d: unexpected error", self.id)
             self._fail("XX000", "internal error in shadowproxy")
 
-    def _relay_requests(self, events: list[Any], whole: bytes | None) -> None:
+    def _relay_requests(self, events: list[Any]) -> None:
+        """Requests parsed before the session was ready (pipelined early)."""
         upstream = self.upstream
         if upstream is None or upstream.transport is None:
             return
         if not self.outstanding:
             self.batch_started = perf_counter()
         self._track_requests(events)
-        upstream.transport.write(whole if whole is not None else b"".join([e.raw for e in events]))
+        upstream.transport.write(b"".join([e.raw for e in events]))
 
     def _track_requests(self, events: list[Any]) -> None:
         """Mirroring: pair every Execute, Query and Sync with its answer.
@@ -392,7 +400,7 @@ class ClientSession(asyncio.Protocol):
                 pending, self.pending_requests = self.pending_requests, []
                 if self.tracking:
                     if pending:
-                        self._relay_requests(pending, None)
+                        self._relay_requests(pending)
                 else:
                     # Nothing to mirror: from here on only frame headers are read.
                     early = b"".join([e.raw for e in pending]) + self.parser.take_buffer()
@@ -426,10 +434,10 @@ class ClientSession(asyncio.Protocol):
         self.scanner.tracked = OUTCOMES
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        # The store ended the session (its own FATAL, if any, was relayed): an
+        # open transaction was rolled back there, so it is dropped here too.
         self.recorder.discard_open()
         if self.transport is not None:
-            if self.phase == CONNECTING or self.phase == AUTH and not self.auth_buf:
-                pass
             self.transport.close()
         self._finish()
 
