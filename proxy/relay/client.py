@@ -103,21 +103,21 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         frames = self.frames
-        if frames is not None:  # nothing mirrored: headers checked, bytes untouched
+        if frames is not None:  # nothing mirrored: bytes untouched, headers checked
+            upstream = self.upstream
+            if upstream is None or upstream.transport is None:
+                return
+            if not self.outstanding:
+                self.batch_started = perf_counter()
+            # Forward first (latency); a malformed frame still ends the session
+            # right below, and the store refuses it too.
+            upstream.transport.write(data)
             try:
-                batches = frames.feed(data)
+                self.outstanding += frames.feed(data)
             except ProtocolError as exc:
                 metrics.PROTOCOL_ERRORS.labels("client").inc()
                 log.info("session %d: client protocol error: %s", self.id, exc)
                 self._fail(exc.sqlstate, str(exc))
-                return
-            if batches:
-                if not self.outstanding:
-                    self.batch_started = perf_counter()
-                self.outstanding += batches
-            upstream = self.upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.write(data)
             return
         try:
             if self.phase == READY:
