@@ -4,11 +4,14 @@ How this works: the session moves through phases STARTUP (SSL/GSSENC
 negotiation, cancel requests, the StartupMessage) -> CONNECTING (opening the
 authoritative connection) -> AUTH (the client's own authentication exchange,
 relayed untouched, except that BackendKeyData is replaced by the proxy's
-key) -> READY (queries) -> CLOSED.  In READY, client messages are parsed
-whole (the proxy must see every request) and forwarded as the very bytes the
-client sent; server chunks are forwarded as they arrive and only scanned for
-the messages that end requests.  Completions feed the recorder, which hands
-committed units to this session's mirror queue.
+key) -> READY (queries) -> CLOSED.  In READY, every chunk is forwarded as
+received, both ways, before the proxy looks at it.  When the mode mirrors,
+client messages are then parsed whole and Execute/Query/Sync paired with the
+answers that end them; completions feed the recorder, which hands committed
+units to this session's mirror queue.  When nothing is mirrored only the
+client's frame headers are checked (FrameChecker) and only ReadyForQuery,
+CommandComplete, PortalSuspended and ErrorResponse are picked out of the
+answers.
 """
 
 from __future__ import annotations
