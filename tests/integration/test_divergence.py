@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from proxy.mirror.journal import Journal
 from tests.conftest import PgPair, ProxyProcess
 from tests.integration.conftest import run_psql
 
@@ -90,6 +92,19 @@ def test_rowcount_and_error_divergences_simple_protocol(
     status = dual_proxy.status()
     assert status["divergences"].get("rowcount", 0) >= 1
     assert status["divergences"].get("error", 0) >= 1
+
+    # The unit the new store refused is kept whole for repair, never dropped:
+    # it is in the rejected journal, literal values included (it is data).
+    assert status["rejected_units"] == 1
+    rejected = Journal.open_readonly(Path(dual_proxy.env["SHADOW_JOURNAL_DIR"]) / "rejected")
+    try:
+        [(_, unit)] = rejected.read_pending()
+    finally:
+        rejected.close()
+    assert [it.sql.strip() for it in unit.items] == [
+        f"INSERT INTO ledger VALUES ({SECRET_NUMBER}, 1, '{SECRET_TEXT}');"
+    ]
+    assert unit.items[0].tags == ["INSERT 0 1"]
 
     # The client saw the old store's answers: both writes are there.
     with pg_pair.connect("old") as c:
