@@ -15,7 +15,7 @@ from struct import unpack_from
 from typing import Any
 
 from proxy.mirror.unit import ItemKind, Unit
-from proxy.wire.pg import BackendScanner, ProtocolError, Tracker, error_fields, split_messages
+from proxy.wire.pg import BackendScanner, ProtocolError, Tracker, error_fields
 from proxy.wire.pg import messages as m
 from proxy.wire.pg._auth import ScramClient, md5_password
 from proxy.wire.pg._tracker import B, E, P, Q, S
@@ -57,7 +57,6 @@ class MirrorConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._statements: dict[bytes, str] = {}
         self._next_name = 0
-        self.backend_key: tuple[int, bytes] | None = None
         self.fresh = True  # session state (prelude) not yet applied
 
     @property
@@ -90,9 +89,7 @@ class MirrorConnection:
             if t == 0x45:  # ErrorResponse
                 fields = error_fields(body)
                 raise ProtocolError(f"{fields.get('C', '')} {fields.get('M', '')}")
-            if t == 0x4B:  # BackendKeyData
-                self.backend_key = (unpack_from("!i", body)[0], body[4:])
-            elif t == 0x5A:
+            if t == 0x5A:  # ReadyForQuery (BackendKeyData, ParameterStatus: not needed)
                 return
             elif t == 0x52:
                 code = unpack_from("!i", body)[0]
@@ -152,7 +149,6 @@ class MirrorConnection:
         tracker = Tracker()
         out: list[bytes] = []
         extended_open = False
-        new_names: dict[int, tuple[bytes, str]] = {}
         for idx, item in enumerate(unit.items):
             if item.kind is ItemKind.EXECUTE:
                 name = self._statements.get(item.parse_body)
@@ -160,8 +156,7 @@ class MirrorConnection:
                     name = f"shadowproxy_{self._next_name}"
                     self._next_name += 1
                     out.append(m.parse(name, item.parse_body))
-                    req = tracker.request(P, ("parse", item.parse_body, name))
-                    new_names[id(req)] = (item.parse_body, name)
+                    tracker.request(P, ("parse", item.parse_body, name))
                     self._statements[item.parse_body] = name
                 out.append(m.bind(name, item.bind_body))
                 tracker.request(B)
@@ -231,19 +226,3 @@ class MirrorConnection:
         self._writer.write(m.SYNC)
         tracker.request(S)
         await self._drain_answers(tracker)
-
-    async def cancel_running(self) -> None:
-        if self.backend_key is None:
-            return
-        pid, secret = self.backend_key
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(*self._addr), self._timeout)
-            w.write(m.cancel_request(pid, secret))
-            await w.drain()
-            w.close()
-        except (TimeoutError, OSError):
-            pass
-
-
-def split_startup(buf: bytes) -> list[tuple[int, bytes]]:
-    return split_messages(buf)[0]

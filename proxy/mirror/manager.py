@@ -28,7 +28,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,38 +75,33 @@ class MirrorConfig:
         )
 
 
-ConnectionFactory = Callable[[dict[str, str]], MirrorConnection]
-
-
 def check_results(unit: Unit, results: list[ItemResult], divergences: DivergenceLog) -> bool:
     """Compare the mirror's answers with the authoritative ones; True if all agree."""
     clean = True
     for item, res in zip(unit.items, results, strict=True):
-        if res.error is not None or res.skipped:
+        failed = res.error is not None or res.skipped
+        if not failed and res.tags == item.tags:
+            continue
+        where = {
+            "session": unit.session_id,
+            "seq": unit.seq,
+            "fingerprint": fingerprint(item.sql),
+            "tables": list(tables_of(item.sql)),
+            "old": item.tags,
+        }
+        if failed:
+            error = res.error or {}
             divergences.record(
                 "error",
-                session=unit.session_id,
-                seq=unit.seq,
-                fingerprint=fingerprint(item.sql),
-                tables=list(tables_of(item.sql)),
-                old=item.tags,
+                **where,
                 new_error={
-                    "sqlstate": (res.error or {}).get("C", ""),
-                    "message": (res.error or {}).get("M", "skipped after an earlier error"),
+                    "sqlstate": error.get("C", ""),
+                    "message": error.get("M", "skipped after an earlier error"),
                 },
             )
             return False  # the rest of the unit did not run (or was rolled back)
-        if res.tags != item.tags:
-            divergences.record(
-                "rowcount",
-                session=unit.session_id,
-                seq=unit.seq,
-                fingerprint=fingerprint(item.sql),
-                tables=list(tables_of(item.sql)),
-                old=item.tags,
-                new=res.tags,
-            )
-            clean = False
+        divergences.record("rowcount", **where, new=res.tags)
+        clean = False
     return clean
 
 
@@ -145,17 +139,23 @@ class MirrorManager:
         self._replayer = asyncio.get_running_loop().create_task(self._replay_loop())
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Let workers drain their queues, then journal whatever is left."""
+        """Let workers drain their queues, then journal whatever is left.
+
+        Every queued unit is journaled before any task is cancelled; a worker
+        cancelled mid-apply journals its own queue on the way out (its unit
+        may then be applied twice: replay is at-least-once).
+        """
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         self.start_journaling("shutdown")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+        self._spill_all("shutdown")
+        self.direct = True
         tasks = [*self._tasks, *([self._replayer] if self._replayer else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._spill_all("shutdown")
         self.journal.close()
         self.rejected.close()
 
@@ -180,7 +180,7 @@ class MirrorManager:
         self.order += 1
         unit.order = self.order
         if self.direct:
-            self._append([unit], "journaling")
+            self.journal_units([unit], "journaling")
             return
         sm.enqueue(unit)
         if (
@@ -218,7 +218,7 @@ class MirrorManager:
             self._pulse()
         self._wake.set()
 
-    def _append(self, units: list[Unit], reason: str) -> None:
+    def journal_units(self, units: list[Unit], reason: str) -> None:
         if not units:
             return
         self.journal.append_many(units)
@@ -234,7 +234,7 @@ class MirrorManager:
         for sm in self.sessions.values():
             units.extend(sm.take_all())
         units.sort(key=lambda u: u.order)
-        self._append(units, reason)
+        self.journal_units(units, reason)
         for sm in self.sessions.values():
             sm.wake()
 
@@ -345,10 +345,6 @@ class SessionMirror:
         self._closing = True
         self._ready.set()
 
-    async def cancel_running(self) -> None:
-        if self.conn is not None:
-            await self.conn.cancel_running()
-
     async def _run(self) -> None:
         m = self.manager
         try:
@@ -366,6 +362,8 @@ class SessionMirror:
                 if not await self._apply_head(unit):
                     m.start_journaling("lost" if self.conn else "connect")
         finally:
+            # A worker never leaves units behind (cancelled at shutdown mid-apply).
+            m.journal_units(self.take_all(), "shutdown")
             if self.conn is not None:
                 self.conn.close()
             m.sessions.pop(self.session_id, None)

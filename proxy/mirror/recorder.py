@@ -16,6 +16,7 @@ worker's business.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,9 +25,9 @@ from proxy.classify import Kind, _next_word, classify
 from proxy.mirror.unit import Item, ItemKind, Unit
 from proxy.wire.pg import Completion
 from proxy.wire.pg import events as ev
-from proxy.wire.pg._tracker import E, Q
+from proxy.wire.pg._tracker import E, Q, S
 
-_PRELUDE_MAX = 64
+_SET_OR_RESET = re.compile(r"\s*(set|reset)\s+(?:session\s+)?([a-z_][\w.]*)", re.IGNORECASE)
 _IDLE = ord("I")
 
 # Query: (item, kind).  Execute: (item, kind, row limit), where the kind is None for
@@ -45,6 +46,11 @@ def _is_rollback_to(sql: str) -> bool:
     if word in ("work", "transaction"):
         word, end = _next_word(sql, end)
     return word == "to"
+
+
+def _setting_name(sql: str) -> str | None:
+    named = _SET_OR_RESET.match(sql)
+    return named.group(2).lower() if named is not None else None
 
 
 def _add_rows(tags: list[str], rows: int) -> list[str]:
@@ -78,7 +84,7 @@ class Recorder:
         self,
         session_id: int,
         emit: Callable[[Unit], None],
-        on_unmirrorable: Callable[[str, str], None] | None = None,
+        on_unmirrorable: Callable[[Unit, str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.session_id = session_id
@@ -160,11 +166,7 @@ class Recorder:
                     item.tags = _add_rows(req.tags, self._rows_sent.pop(id(item), 0))
             elif req.error is None and not req.skipped:
                 item.tags = req.tags
-                if not self._items:
-                    self._prelude_at_start = tuple(self.prelude)
-                    # Units committed before now must reach the mirror before this one.
-                    self._after = self.order_now()
-                self._items.append((item, kind))
+                self._add(item, kind)
                 if kind is Kind.SESSION:
                     self._remember_session_state(item.sql)
                 if req.kind == E and req.tags:
@@ -174,11 +176,23 @@ class Recorder:
                     elif tag == "ROLLBACK" and not _is_rollback_to(item.sql):
                         self._close_unit(committed=False)
             elif req.kind == Q and "COMMIT" in req.tags and self.on_unmirrorable:
-                # A multi-statement query committed part of its work and then failed.
-                self.on_unmirrorable(item.sql, "partially committed multi-statement query")
+                # A multi-statement query committed part of its work and then failed:
+                # what committed cannot be told apart, so the unit is kept for repair.
+                item.tags = req.tags
+                self._add(item, kind)
+                kept = self._unit(self._items)
+                self._items = []
+                self.on_unmirrorable(kept, "partially committed multi-statement query")
         if c.status == _IDLE and self._items:
             committed = not c.failed_batch and not self._ends_in_rollback()
             self._close_unit(committed)
+
+    def _add(self, item: Item, kind: Kind) -> None:
+        if not self._items:
+            self._prelude_at_start = tuple(self.prelude)
+            # Units committed before now must reach the mirror before this one.
+            self._after = self.order_now()
+        self._items.append((item, kind))
 
     def _ends_in_rollback(self) -> bool:
         """The transaction ended in ROLLBACK (or in a COMMIT the store turned into
@@ -198,37 +212,62 @@ class Recorder:
         if not committed and items:
             # The store rolled back the SETs made in the unit too.
             self.prelude[:] = self._prelude_at_start
-        if not committed or not items:
-            return
+        if committed and items:
+            self._emit(self._unit(items))
+
+    def _unit(self, items: list[tuple[Item, Kind]]) -> Unit:
         self._seq += 1
         first = items[0][0]
         in_txn = len(items) > 1 or (
             bool(first.tags) and first.tags[0] in ("BEGIN", "START TRANSACTION")
         )
-        self._emit(
-            Unit(
-                session_id=self.session_id,
-                seq=self._seq,
-                in_transaction=in_txn,
-                prelude=self._prelude_at_start,
-                items=[it for it, _ in items],
-                committed_at=self._clock(),
-                after=self._after,
-            )
+        return Unit(
+            session_id=self.session_id,
+            seq=self._seq,
+            in_transaction=in_txn,
+            prelude=self._prelude_at_start,
+            items=[it for it, _ in items],
+            committed_at=self._clock(),
+            after=self._after,
         )
 
     def _remember_session_state(self, sql: str) -> None:
-        head = " ".join(sql.lower().split()[:2])
-        if head in ("reset all", "discard all", "reset all;", "discard all;"):
+        head = " ".join(sql.lower().split()[:2]).rstrip(";")
+        if head in ("reset all", "discard all"):
             self.prelude.clear()
             return
-        if head.startswith("set local") or head.startswith("set transaction"):
+        if head.startswith(("set local", "set transaction")):
             return
+        named = _SET_OR_RESET.match(sql)
+        if named is not None:
+            # The latest SET of a variable replaces the earlier ones (and RESET
+            # removes them): the prelude is the session's state, not its history.
+            name = named.group(2).lower()
+            self.prelude[:] = [old for old in self.prelude if _setting_name(old) != name]
+            if named.group(1).lower() == "reset":
+                return
         self.prelude.append(sql)
-        if len(self.prelude) > _PRELUDE_MAX:
-            del self.prelude[0]
 
-    def discard_open(self) -> None:
-        """The client went away mid-transaction: the store rolls it back."""
+    def connection_lost(self, in_flight: list[tuple[int, Any]], idle: bool) -> Unit | None:
+        """The authoritative connection broke; ``idle`` is the last known status.
+
+        If nothing in flight could have committed, the store rolled the open
+        transaction back: it is dropped.  A write or transaction-control
+        statement in flight, or a Sync closing an implicit transaction of
+        completed writes, may have committed before the connection broke: the
+        open items and the writes in flight are returned as an in-doubt unit,
+        to be kept for repair rather than guessed either way.
+        """
+        items = self._items
         self._items = []
         self._rows_sent.clear()
+        writes = [
+            (tok[0], tok[1]) for _, tok in in_flight if tok is not None and tok[1] is not None
+        ]
+        sync_commits = idle and items and any(kind == S for kind, _ in in_flight)
+        if not writes and not sync_commits:
+            return None
+        if not items:
+            self._prelude_at_start = tuple(self.prelude)
+            self._after = self.order_now()
+        return self._unit(items + writes)

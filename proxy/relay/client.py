@@ -23,8 +23,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.classify import Kind, kind_of_tag
+from proxy.classify import Kind, fingerprint, kind_of_tag, tables_of
 from proxy.mirror.recorder import Recorder
+from proxy.mirror.unit import Unit
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.wire.pg import (
     BOUNDARIES,
@@ -62,10 +63,9 @@ class ClientSession(asyncio.Protocol):
         self.phase = STARTUP
         self.parser = FrontendParser(server.settings.max_message_size)
         self.scanner = BackendScanner(BOUNDARIES)
+        # With mirroring (recorder.mirroring) Execute/Query/Sync are paired with
+        # their answers by the tracker; without it only frame headers are read.
         self.tracker = Tracker()
-        # Mirroring needs every request paired with its answer (the tracker);
-        # without it only ReadyForQuery is looked at, which is much cheaper.
-        self.tracking = False
         self.outstanding = 0  # Sync/Query/FunctionCall not yet answered by ReadyForQuery
         self.status = _IDLE  # transaction status from the last ReadyForQuery
         self.startup: ev.StartupMessage | None = None
@@ -78,10 +78,10 @@ class ClientSession(asyncio.Protocol):
         self.old_key: tuple[int, bytes] | None = None
         self.key = (secrets.randbits(31), secrets.token_bytes(4))
         self.mirror: SessionMirror | None = None
-        self.recorder = Recorder(self.id, self._emit, self._unmirrorable)
+        self.recorder = Recorder(self.id, self._emit, self._keep_for_repair)
         self.batch_started = 0.0
+        self.deadline: asyncio.TimerHandle | None = None
         self.store = server.mode.authoritative.value
-        self.client_gone = False
         self.tls = False
         self.stats = server.statement_counters(self.store)
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
@@ -95,7 +95,7 @@ class ClientSession(asyncio.Protocol):
         self.server.session_opened(self)
         # Like the server's authentication_timeout: a client that never finishes
         # its startup must not hold a connection (and a store session) forever.
-        asyncio.get_running_loop().call_later(
+        self.deadline = asyncio.get_running_loop().call_later(
             self.server.settings.startup_timeout, self._startup_deadline
         )
 
@@ -202,15 +202,13 @@ class ClientSession(asyncio.Protocol):
                 )
                 tracker.request(F)
                 self.outstanding += 1
-            elif cls is ev.Terminate:
-                self.client_gone = True
 
     def _startup_event(self, e: Any) -> None:
         assert self.transport is not None
         if self.phase in (CONNECTING, AUTH):
             if not isinstance(e, ev.AuthResponse) and self.phase == AUTH:
                 # A request pipelined before the session is ready: it must go
-                # through the request path once it is (tracking, counting).
+                # through the request path once it is (pairing, counting).
                 self.pending_requests.append(e)
             elif self.phase == AUTH and self.upstream and self.upstream.transport:
                 self.upstream.transport.write(e.raw)
@@ -278,23 +276,22 @@ class ClientSession(asyncio.Protocol):
     def _close(self) -> None:
         self.phase = CLOSED
         self.frames = None
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client_gone = True
         self.transport = None
         up = self.upstream.transport if self.upstream else None
         if up is not None and not up.is_closing():
-            if self.phase == READY and self.outstanding:
-                # Requests in flight (a COMMIT, say) must still be answered so a
-                # committed unit is not lost to the mirror: let the store finish
-                # them, then it reads Terminate and closes.
-                up.write(m.TERMINATE)
-            else:
-                up.write(m.TERMINATE)
+            up.write(m.TERMINATE)
+            # Requests in flight (a COMMIT, say) must still be answered so a
+            # committed unit is not lost to the mirror: the store finishes them,
+            # reads Terminate and closes; upstream_lost then finishes the session.
+            if not (self.phase == READY and self.outstanding):
                 up.close()
         else:
             self._finish()
@@ -341,16 +338,15 @@ class ClientSession(asyncio.Protocol):
             if self.phase == READY:
                 if self.transport is not None:
                     self.transport.write(data)
-                if self.tracking:
-                    for t, body in self.scanner.feed(data):
-                        if t == 0x53:  # ParameterStatus: relayed; nothing to track yet
-                            continue
-                        if t == 0x45:
-                            self.errors.value += 1
-                        for c in self.tracker.response(t, body):
-                            self.recorder.complete(c)
-                            if c.status:
-                                self._ready(c.status)
+                for t, body in self.scanner.feed(data):  # mirroring: frames is None
+                    if t == 0x53:  # ParameterStatus: relayed; nothing to track yet
+                        continue
+                    if t == 0x45:
+                        self.errors.value += 1
+                    for c in self.tracker.response(t, body):
+                        self.recorder.complete(c)
+                        if c.status:
+                            self._ready(c.status)
             elif self.phase != CLOSED:
                 self._auth_data(data)
         except ProtocolError as exc:
@@ -374,7 +370,7 @@ class ClientSession(asyncio.Protocol):
         if self.outstanding:
             self.batch_started = now
         if status == _IDLE and self.server.draining and not self.outstanding:
-            self._fail("57P01", "terminating connection: shadowproxy is shutting down")
+            self.shutdown_now()
 
     def _auth_data(self, data: bytes) -> None:
         msgs, rest = split_messages(self.auth_buf + data)
@@ -398,10 +394,12 @@ class ClientSession(asyncio.Protocol):
                 )
             elif t == 0x5A:  # first ReadyForQuery: startup is over
                 self.phase = READY
+                if self.deadline is not None:
+                    self.deadline.cancel()
                 if self.transport is not None:
                     self.transport.write(b"".join(out))
                 pending, self.pending_requests = self.pending_requests, []
-                if self.tracking:
+                if self.recorder.mirroring:
                     if pending:
                         self._relay_requests(pending)
                 else:
@@ -433,21 +431,18 @@ class ClientSession(asyncio.Protocol):
         self.mirror = manager.open_session(self.id, params)
         self.recorder.order_now = lambda: manager.order
         self.recorder.mirroring = True
-        self.tracking = True
         self.scanner.tracked = OUTCOMES
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        # The store ended the session (its own FATAL, if any, was relayed): an
-        # open transaction was rolled back there, so it is dropped here too.
-        self.recorder.discard_open()
+        # The store ended the session (its own FATAL, if any, was relayed).
+        in_doubt = self.recorder.connection_lost(self.tracker.in_flight(), self.status == _IDLE)
+        if in_doubt is not None:
+            self._keep_for_repair(in_doubt, "authoritative connection lost with writes in flight")
         if self.transport is not None:
             self.transport.close()
         self._finish()
 
     def _finish(self) -> None:
-        if self.phase == CLOSED and self.mirror is None:
-            self.server.session_closed(self)
-            return
         self.phase = CLOSED
         if self.mirror is not None:
             self.mirror.close()
@@ -456,16 +451,28 @@ class ClientSession(asyncio.Protocol):
 
     # -- mirror ------------------------------------------------------------------------
 
-    def _emit(self, unit: Any) -> None:
+    def _emit(self, unit: Unit) -> None:
         if self.mirror is not None:
             self.mirror.submit(unit)
 
-    def _unmirrorable(self, sql: str, reason: str) -> None:
-        from proxy.classify import fingerprint
-
+    def _keep_for_repair(self, unit: Unit, reason: str) -> None:
+        """A unit whose effect on the authoritative store is unknown or partial:
+        reported as a divergence and kept whole in the rejected journal, never
+        applied blindly and never dropped."""
         self.server.divergences.record(
-            "unmirrorable", session=self.id, fingerprint=fingerprint(sql), reason=reason
+            "unmirrorable",
+            session=self.id,
+            seq=unit.seq,
+            fingerprint="; ".join(fingerprint(it.sql) for it in unit.items),
+            tables=sorted({t for it in unit.items for t in tables_of(it.sql)}),
+            reason=reason,
         )
+        manager = self.server.mirror_manager
+        if manager is not None:
+            manager.reject(unit)
+
+    def shutdown_now(self) -> None:
+        self._fail("57P01", "terminating connection: shadowproxy is shutting down")
 
     def forward_cancel(self) -> None:
         if self.old_key is not None:

@@ -147,12 +147,12 @@ class ProxyServer:
         self.draining = True
         for s in list(self.sessions):
             if not s.outstanding and s.status == ord("I"):
-                s._fail("57P01", "terminating connection: shadowproxy is shutting down")
+                s.shutdown_now()
         deadline = time.monotonic() + _SHUTDOWN_GRACE
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for s in list(self.sessions):
-            s._fail("57P01", "terminating connection: shadowproxy is shutting down")
+            s.shutdown_now()
         await asyncio.sleep(0.05)
         if self.mirror_manager is not None:
             await self.mirror_manager.stop()

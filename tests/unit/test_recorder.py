@@ -121,11 +121,11 @@ class Session:
 
     def __init__(self, mirroring: bool = True) -> None:
         self.units: list[Unit] = []
-        self.unmirrorable: list[tuple[str, str]] = []
+        self.unmirrorable: list[tuple[Unit, str]] = []
         self.rec = Recorder(
             SESSION,
             self.units.append,
-            lambda sql, why: self.unmirrorable.append((sql, why)),
+            lambda kept, why: self.unmirrorable.append((kept, why)),
             clock=lambda: NOW,
         )
         self.rec.mirroring = mirroring
@@ -215,7 +215,13 @@ def test_partially_committed_multi_statement_query_is_reported() -> None:
     s = Session()
     sql = "BEGIN; INSERT INTO t VALUES (1); COMMIT; INSERT INTO t VALUES (1)"
     assert s.simple(sql, cc("BEGIN"), cc("INSERT 0 1"), cc("COMMIT"), error(), rfq()) == []
-    assert s.unmirrorable == [(sql, "partially committed multi-statement query")]
+    # Not mirrored, not dropped: the whole query is kept for repair, with its tags.
+    assert s.unmirrorable == [
+        (
+            unit(1, query_item(sql, "BEGIN", "INSERT 0 1", "COMMIT"), in_transaction=True),
+            "partially committed multi-statement query",
+        )
+    ]
 
 
 def test_extended_autocommit_write() -> None:
@@ -585,6 +591,27 @@ def test_set_lands_in_the_prelude_and_reset_all_clears_it() -> None:
     ]
 
 
+def test_prelude_keeps_the_latest_setting_of_each_variable_and_other_state() -> None:
+    s = Session()
+    for sql in (
+        "SET search_path = a",
+        "PREPARE q AS SELECT 1",
+        "SET TimeZone TO 'UTC'",
+        "set SESSION search_path=b",
+        "SET datestyle = ISO",
+        "RESET timezone",
+    ):
+        s.simple(sql, cc("RESET" if sql.startswith("RESET") else "SET"), rfq())
+    for i in range(100):  # a long session does not push old state out
+        s.simple(f"SET work_mem = '{i}MB'", cc("SET"), rfq())
+    assert s.rec.prelude == [
+        "PREPARE q AS SELECT 1",
+        "set SESSION search_path=b",
+        "SET datestyle = ISO",
+        "SET work_mem = '99MB'",
+    ]
+
+
 def test_set_local_does_not_land_in_the_prelude() -> None:
     s = Session()
     set_local = "SET LOCAL work_mem = '64MB'"
@@ -686,17 +713,60 @@ def test_execute_of_an_unbound_portal_has_no_token() -> None:
     assert rec.execute(execute) == (Kind.WRITE, None)
 
 
-def test_discard_open_drops_the_open_transaction() -> None:
+def test_connection_lost_while_idle_in_transaction_drops_it() -> None:
     s = Session()
     s.simple("BEGIN", cc("BEGIN"), rfq(b"T"))
     s.simple("INSERT INTO t VALUES (1)", cc("INSERT 0 1"), rfq(b"T"))
-    s.rec.discard_open()
-    # The store rolled it back when the client vanished; the next session
+    assert s.rec.connection_lost([], idle=False) is None
+    # Nothing was in flight: the store rolled it back; the next session
     # activity starts clean.
     write = "INSERT INTO t VALUES (2)"
     assert s.simple(write, cc("INSERT 0 1"), rfq()) == [
         unit(1, query_item(write, "INSERT 0 1"), in_transaction=False)
     ]
+
+
+def test_connection_lost_with_a_commit_in_flight_keeps_an_in_doubt_unit() -> None:
+    s = Session()
+    s.simple("BEGIN", cc("BEGIN"), rfq(b"T"))
+    s.simple("INSERT INTO t VALUES (1)", cc("INSERT 0 1"), rfq(b"T"))
+    _, commit = s.rec.query(ev.Query(messages.query("COMMIT"), "COMMIT"))
+    # The COMMIT was sent, its answer never came: it may have committed.
+    assert s.rec.connection_lost([(Q, commit)], idle=False) == unit(
+        1,
+        query_item("BEGIN", "BEGIN"),
+        query_item("INSERT INTO t VALUES (1)", "INSERT 0 1"),
+        query_item("COMMIT"),
+        in_transaction=True,
+    )
+    assert s.rec.connection_lost([], idle=True) is None
+
+
+def test_connection_lost_with_only_a_read_in_flight_in_a_transaction_drops_it() -> None:
+    s = Session()
+    s.simple("BEGIN", cc("BEGIN"), rfq(b"T"))
+    s.simple("INSERT INTO t VALUES (1)", cc("INSERT 0 1"), rfq(b"T"))
+    _, read = s.rec.query(ev.Query(messages.query("SELECT 1"), "SELECT 1"))
+    assert read is None
+    # A read cannot commit the transaction: the store rolled it back.
+    assert s.rec.connection_lost([(Q, read), (S, None)], idle=False) is None
+
+
+def test_connection_lost_before_the_sync_of_an_implicit_transaction_is_in_doubt() -> None:
+    s = Session()
+    write = "INSERT INTO t VALUES (1)"
+    s.rec.parse(ev.Parse(b"", "", write, b""))
+    s.rec.bind(ev.Bind(b"", "", "", b"\0\0\0\0\0\0"))
+    _, token = s.rec.execute(ev.Execute(b"", "", 0))
+    tracker = Tracker()
+    tracker.request(E, token)
+    tracker.request(S)
+    for c in tracker.response(ord("C"), b"INSERT 0 1\0"):
+        s.rec.complete(c)
+    # The Execute is done; the Sync that commits the implicit transaction is not.
+    kept = s.rec.connection_lost(tracker.in_flight(), idle=True)
+    assert kept is not None
+    assert [(it.sql, it.tags) for it in kept.items] == [(write, ["INSERT 0 1"])]
 
 
 @pytest.mark.parametrize(

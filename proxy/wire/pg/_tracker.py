@@ -87,6 +87,10 @@ class Tracker:
     def head(self) -> Request | None:
         return self._queue[0] if self._queue else None
 
+    def in_flight(self) -> list[tuple[int, Any]]:
+        """(kind, token) of the requests still waiting for their answer."""
+        return [(req.kind, req.token) for req in self._queue]
+
     def request(self, kind: int, token: Any = None) -> Request:
         req = Request(kind, token)
         self._queue.append(req)
