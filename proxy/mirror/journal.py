@@ -10,7 +10,7 @@ A journal is a directory::
     00000000000000000001.seg    ...
 
 A segment is a run of records; a record is a 14-byte header, then the payload
-(one `Unit`, see `encode_unit`)::
+(one `Unit`, see `proxy.mirror.unit.encode_unit`)::
 
     magic u8 | flags u8 | payload length u32 | CRC32(payload) u32 | header CRC32 u32
 
@@ -51,7 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from proxy.mirror.unit import Item, ItemKind, Unit
+from proxy.mirror.unit import Unit, decode_unit, encode_unit
 
 __all__ = [
     "Journal",
@@ -84,151 +84,6 @@ class Position:
 
     segment: int
     offset: int
-
-
-# --- unit encoding ---------------------------------------------------------
-#
-# Little-endian, every length explicit, text as UTF-8 ("surrogatepass", so any
-# Python str round-trips, including surrogate-escaped client bytes):
-#
-#   unit := version u8 | flags u8 | session_id i64 | seq i64 | order i64 | after i64
-#           | committed_at f64
-#           | n_prelude u32 | n_items u32 | n_prelude * text | n_items * item
-#   item := kind u8 | len(sql) u32 | len(parse_body) u32 | len(bind_body) u32
-#           | n_copy u32 | n_tags u32 | sql | parse_body | bind_body
-#           | n_copy * blob | n_tags * text
-#   blob := length u32 | bytes         text := blob of UTF-8
-
-_ENCODING_VERSION = 1
-_IN_TRANSACTION = 0x01
-_UNIT_HEAD = struct.Struct("<BBqqqqdII")
-_ITEM_HEAD = struct.Struct("<BIIIII")
-_U32 = struct.Struct("<I")
-_MAX_PAYLOAD = 0xFFFFFFFF
-
-_KIND_CODE = {kind: ord(kind.value) for kind in ItemKind}
-_KIND_BY_CODE = {code: kind for kind, code in _KIND_CODE.items()}
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
-def encode_unit(unit: Unit) -> bytes:
-    """Encode `unit` exactly; `decode_unit` gives back an equal `Unit`.
-
-    Raises ValueError if a field does not fit the format (an integer outside
-    int64, a field or the whole unit over 4 GiB).
-    """
-    flags = _IN_TRANSACTION if unit.in_transaction else 0
-    try:
-        parts = [
-            _UNIT_HEAD.pack(
-                _ENCODING_VERSION,
-                flags,
-                unit.session_id,
-                unit.seq,
-                unit.order,
-                unit.after,
-                unit.committed_at,
-                len(unit.prelude),
-                len(unit.items),
-            )
-        ]
-        for statement in unit.prelude:
-            raw = _utf8(statement)
-            parts += (_U32.pack(len(raw)), raw)
-        for item in unit.items:
-            sql = _utf8(item.sql)
-            parts.append(
-                _ITEM_HEAD.pack(
-                    _KIND_CODE[item.kind],
-                    len(sql),
-                    len(item.parse_body),
-                    len(item.bind_body),
-                    len(item.copy_data),
-                    len(item.tags),
-                )
-            )
-            parts += (sql, item.parse_body, item.bind_body)
-            for chunk in item.copy_data:
-                parts += (_U32.pack(len(chunk)), chunk)
-            for tag in item.tags:
-                raw = _utf8(tag)
-                parts += (_U32.pack(len(raw)), raw)
-    except struct.error as e:
-        raise ValueError(f"unit {unit.session_id}/{unit.seq} cannot be encoded: {e}") from e
-    payload = b"".join(parts)
-    if len(payload) > _MAX_PAYLOAD:
-        raise ValueError(f"unit {unit.session_id}/{unit.seq} encodes to more than 4 GiB")
-    return payload
-
-
-class _Reader:
-    __slots__ = ("_buf", "_pos")
-
-    def __init__(self, buf: bytes) -> None:
-        self._buf = buf
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._buf):
-            raise ValueError("truncated unit encoding")
-        chunk = self._buf[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
-        return fmt.unpack(self.take(fmt.size))
-
-    def blob(self) -> bytes:
-        (n,) = self.unpack(_U32)
-        return self.take(n)
-
-    def text(self, n: int | None = None) -> str:
-        raw = self.blob() if n is None else self.take(n)
-        return raw.decode("utf-8", "surrogatepass")
-
-    def finish(self) -> None:
-        if self._pos != len(self._buf):
-            raise ValueError(f"{len(self._buf) - self._pos} trailing bytes after unit encoding")
-
-
-def decode_unit(payload: bytes) -> Unit:
-    """Decode what `encode_unit` produced.  Raises ValueError on anything else."""
-    r = _Reader(bytes(payload))
-    version, flags, session_id, seq, order, after, committed_at, n_prelude, n_items = r.unpack(
-        _UNIT_HEAD
-    )
-    if version != _ENCODING_VERSION:
-        raise ValueError(f"unsupported unit encoding version {version}")
-    if flags & ~_IN_TRANSACTION:
-        raise ValueError(f"unknown unit flags {flags:#x}")
-    prelude = tuple(r.text() for _ in range(n_prelude))
-    items: list[Item] = []
-    for _ in range(n_items):
-        code, n_sql, n_parse, n_bind, n_copy, n_tags = r.unpack(_ITEM_HEAD)
-        kind = _KIND_BY_CODE.get(code)
-        if kind is None:
-            raise ValueError(f"unknown item kind {code:#x}")
-        sql = r.text(n_sql)
-        parse_body = r.take(n_parse)
-        bind_body = r.take(n_bind)
-        copy_data = [r.blob() for _ in range(n_copy)]
-        tags = [r.text() for _ in range(n_tags)]
-        items.append(Item(kind, sql, parse_body, bind_body, copy_data, tags))
-    r.finish()
-    return Unit(
-        session_id=session_id,
-        seq=seq,
-        in_transaction=bool(flags & _IN_TRANSACTION),
-        prelude=prelude,
-        items=items,
-        committed_at=committed_at,
-        order=order,
-        after=after,
-    )
 
 
 # --- records ---------------------------------------------------------------
@@ -290,6 +145,7 @@ _CURSOR = "CURSOR"
 _CURSOR_TMP = "CURSOR.tmp"
 _CURSOR_BODY = struct.Struct("<4sQQ")  # magic, segment, offset; then CRC32 u32
 _CURSOR_MAGIC = b"SPJC"
+_U32 = struct.Struct("<I")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -23,10 +23,8 @@ from proxy.mirror.journal import (
     JournalError,
     JournalLocked,
     Position,
-    decode_unit,
-    encode_unit,
 )
-from proxy.mirror.unit import Item, ItemKind, Unit
+from proxy.mirror.unit import Item, ItemKind, Unit, decode_unit, encode_unit
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = 14
@@ -447,7 +445,8 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from proxy.mirror.journal import Journal, decode_unit
+    from proxy.mirror.journal import Journal
+    from proxy.mirror.unit import decode_unit
 
     journal = Journal(Path(sys.argv[1]), segment_bytes=2000)
     template = decode_unit(Path(sys.argv[2]).read_bytes())
