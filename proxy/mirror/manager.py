@@ -122,6 +122,9 @@ class MirrorManager:
         self.order = 0  # last commit order handed out
         self.watermark = 0  # every unit with order <= watermark is applied or journaled
         self._done: set[int] = set()
+        # sync consistency: order -> the future a client session waits on; True once
+        # the unit is applied live, False once it is journaled instead.
+        self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._progress = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -130,6 +133,10 @@ class MirrorManager:
         self._replayer: asyncio.Task[None] | None = None
         self.last_error = ""
         self.journal_reason = "restart"  # what made the manager switch to the journal
+        # Switches to the journal so far, and the last one a sync commit reported as a
+        # divergence (one event per mirror failure, not one per journaled commit).
+        self.episode = 0
+        self.reported_episode = 0
         self.store_label = "new"  # the store the mirror writes to (old in write-new)
         metrics.JOURNAL_BACKLOG.set(self.journal.pending())
 
@@ -176,9 +183,13 @@ class MirrorManager:
 
     # -- commit order ------------------------------------------------------------------
 
-    def submit(self, sm: SessionMirror, unit: Unit) -> None:
+    def submit(
+        self, sm: SessionMirror, unit: Unit, waiter: asyncio.Future[bool] | None = None
+    ) -> None:
         self.order += 1
         unit.order = self.order
+        if waiter is not None:
+            self._waiters[unit.order] = waiter
         if self.direct:
             self.journal_units([unit], "journaling")
             return
@@ -196,8 +207,12 @@ class MirrorManager:
     async def wait_progress(self) -> None:
         await self._progress.wait()
 
-    def finished(self, order: int) -> None:
+    def finished(self, order: int, live: bool = False) -> None:
         """A unit was applied live or journaled: advance the watermark."""
+        if self._waiters:
+            waiter = self._waiters.pop(order, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(live)
         if order == self.watermark + 1:
             self.watermark = order
             done = self._done
@@ -213,6 +228,7 @@ class MirrorManager:
     def start_journaling(self, reason: str) -> None:
         if not self.journaling:
             log.warning("mirror: switching to the journal (%s)", reason)
+            self.episode += 1
             self.journaling = True
             self.journal_reason = reason
             self._pulse()
@@ -321,6 +337,13 @@ class SessionMirror:
     def submit(self, unit: Unit) -> None:
         self.manager.submit(self, unit)
 
+    def submit_sync(self, unit: Unit) -> asyncio.Future[bool]:
+        """Queue ``unit`` and return a future resolved once it is applied (True)
+        or journaled (False); the relay holds the authoritative commit until then."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.manager.submit(self, unit, waiter)
+        return waiter
+
     def enqueue(self, unit: Unit) -> None:
         self.queue.append(unit)
         self._account(1, unit.size)
@@ -384,7 +407,7 @@ class SessionMirror:
         metrics.UPSTREAM_LATENCY.labels(m.store_label).observe(time.perf_counter() - started)
         self.queue.popleft()
         self._account(-1, -unit.size)
-        m.finished(unit.order)
+        m.finished(unit.order, live=True)
         metrics.MIRROR_APPLIED.inc()
         metrics.MIRROR_STATEMENTS.inc(len(unit.items))
         metrics.MIRROR_LAG.observe(max(0.0, time.time() - unit.committed_at))

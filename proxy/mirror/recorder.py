@@ -78,6 +78,8 @@ class Recorder:
         "mirroring",
         "order_now",
         "_after",
+        "_taken",
+        "on_commit_failed",
     )
 
     def __init__(
@@ -102,6 +104,10 @@ class Recorder:
         self.mirroring = False  # build units only when the mode mirrors writes
         self.order_now: Callable[[], int] = lambda: 0  # the mirror's last commit order
         self._after = 0
+        # sync consistency: the open transaction's unit, already handed to the mirror
+        # before the authoritative commit was forwarded (see ``take_open_unit``).
+        self._taken: Unit | None = None
+        self.on_commit_failed: Callable[[Unit], None] | None = None
 
     # -- requests (client -> authoritative store) --------------------------------
 
@@ -135,6 +141,36 @@ class Recorder:
         item = Item(ItemKind.EXECUTE, sql, parse_body=parse_body, bind_body=bind_body)
         self._executed[e.portal] = item
         return kind, (item, kind, e.max_rows)
+
+    def portal_sql(self, portal: str) -> str | None:
+        p = self._portals.get(portal)
+        return p[0] if p is not None else None
+
+    def has_open_writes(self) -> bool:
+        return any(kind is Kind.WRITE or kind is Kind.DDL for _, kind in self._items)
+
+    def take_open_unit(self, commit: bool) -> Unit | None:
+        """sync consistency: the open transaction as a unit, before it commits.
+
+        ``commit`` adds the COMMIT the mirror must run (an explicit transaction;
+        an implicit one commits at the mirror's own Sync or Query end).  The unit
+        is remembered until the authoritative store answers the commit: if that
+        fails, ``on_commit_failed`` reports the unit the mirror already holds.
+        """
+        if not self.has_open_writes():
+            return None
+        items = self._items
+        self._items = []
+        unit = self._unit(items)
+        if commit:
+            unit.items.append(Item(ItemKind.QUERY, "COMMIT", tags=["COMMIT"]))
+            unit.in_transaction = True
+        self._taken = unit
+        return unit
+
+    def end_taken(self, committed: bool) -> None:
+        """The proxy's own COMMIT/ROLLBACK of a wrapped autocommit query was answered."""
+        self._close_unit(committed)
 
     def close(self, e: ev.Close) -> None:
         if e.target == "S":
@@ -183,7 +219,7 @@ class Recorder:
                 kept = self._unit(self._items)
                 self._items = []
                 self.on_unmirrorable(kept, "partially committed multi-statement query")
-        if c.status == _IDLE and self._items:
+        if c.status == _IDLE and (self._items or self._taken is not None):
             committed = not c.failed_batch and not self._ends_in_rollback()
             self._close_unit(committed)
 
@@ -198,6 +234,8 @@ class Recorder:
         """The transaction ended in ROLLBACK (or in a COMMIT the store turned into
         one): nothing of it persisted, unless a COMMIT inside a multi-statement
         query made part of the unit durable first."""
+        if not self._items:
+            return False
         last = self._items[-1][0]
         return (
             bool(last.tags)
@@ -209,6 +247,13 @@ class Recorder:
         items = self._items
         self._items = []
         self._rows_sent.clear()
+        taken, self._taken = self._taken, None
+        if taken is not None:
+            # The mirror applied (and committed) the transaction before the store's
+            # commit; what came after the take is only the COMMIT itself.
+            if not committed and self.on_commit_failed is not None:
+                self.on_commit_failed(taken)
+            return
         if not committed and items:
             # The store rolled back the SETs made in the unit too.
             self.prelude[:] = self._prelude_at_start
@@ -261,6 +306,11 @@ class Recorder:
         items = self._items
         self._items = []
         self._rows_sent.clear()
+        taken, self._taken = self._taken, None
+        if taken is not None:
+            # Applied on the mirror; the authoritative commit may or may not have
+            # happened: in doubt, whole.
+            return taken
         writes = [
             (tok[0], tok[1]) for _, tok in in_flight if tok is not None and tok[1] is not None
         ]

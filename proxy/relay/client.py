@@ -26,11 +26,13 @@ from proxy import metrics
 from proxy.classify import Kind, fingerprint, kind_of_tag, tables_of
 from proxy.mirror.recorder import Recorder
 from proxy.mirror.unit import Unit
+from proxy.relay.lockstep import ENDING, Internal, LockStep
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.wire.pg import (
     BOUNDARIES,
     OUTCOMES,
     BackendScanner,
+    Completion,
     FrameChecker,
     FrontendParser,
     ProtocolError,
@@ -78,6 +80,8 @@ class ClientSession(asyncio.Protocol):
         self.old_key: tuple[int, bytes] | None = None
         self.key = (secrets.randbits(31), secrets.token_bytes(4))
         self.mirror: SessionMirror | None = None
+        # sync consistency: commits wait for the mirror (None when async or not mirroring)
+        self.lockstep: LockStep | None = None
         self.recorder = Recorder(self.id, self._emit, self._keep_for_repair)
         self.batch_started = 0.0
         self.deadline: asyncio.TimerHandle | None = None
@@ -132,6 +136,9 @@ class ClientSession(asyncio.Protocol):
                 upstream = self.upstream
                 if upstream is None or upstream.transport is None:
                     return
+                if self.lockstep is not None:  # sync: parsed first, held at commits
+                    self.lockstep.feed(self.parser.feed(data))
+                    return
                 if not self.outstanding:
                     self.batch_started = perf_counter()
                 upstream.transport.write(data)
@@ -152,6 +159,9 @@ class ClientSession(asyncio.Protocol):
         """Requests parsed before the session was ready (pipelined early)."""
         upstream = self.upstream
         if upstream is None or upstream.transport is None:
+            return
+        if self.lockstep is not None:
+            self.lockstep.feed(events)
             return
         if not self.outstanding:
             self.batch_started = perf_counter()
@@ -187,9 +197,10 @@ class ClientSession(asyncio.Protocol):
                 tracker.request(Q, token)
                 self.outstanding += 1
             elif cls is ev.CopyData:
-                head = tracker.head
-                if head is not None:
-                    rec.copy_data(head.token, e)
+                # The COPY statement it feeds is the request registered last.
+                owner = tracker.tail
+                if owner is not None:
+                    rec.copy_data(owner.token, e)
             elif cls is ev.Close:
                 rec.close(e)
             elif cls is ev.FunctionCall:
@@ -286,6 +297,14 @@ class ClientSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         up = self.upstream.transport if self.upstream else None
+        lockstep = self.lockstep
+        if lockstep is not None and lockstep.busy and up is not None and not up.is_closing():
+            # A commit is under way (the mirror has or will have it): it goes through,
+            # then Terminate; upstream_lost finishes the session.
+            lockstep.client_gone = True
+            if lockstep.state == ENDING:
+                up.write(m.TERMINATE)
+            return
         if up is not None and not up.is_closing():
             up.write(m.TERMINATE)
             # Requests in flight (a COMMIT, say) must still be answered so a
@@ -336,6 +355,9 @@ class ClientSession(asyncio.Protocol):
             return
         try:
             if self.phase == READY:
+                if self.lockstep is not None and self.lockstep.filtering:
+                    self.lockstep.upstream(data)  # a wrapped query: message by message
+                    return
                 if self.transport is not None:
                     self.transport.write(data)
                 for t, body in self.scanner.feed(data):  # mirroring: frames is None
@@ -344,9 +366,7 @@ class ClientSession(asyncio.Protocol):
                     if t == 0x45:
                         self.errors.value += 1
                     for c in self.tracker.response(t, body):
-                        self.recorder.complete(c)
-                        if c.status:
-                            self._ready(c.status)
+                        self.completed(c)
             elif self.phase != CLOSED:
                 self._auth_data(data)
         except ProtocolError as exc:
@@ -360,6 +380,22 @@ class ClientSession(asyncio.Protocol):
         metrics.PROTOCOL_ERRORS.labels(self.store).inc()
         log.warning("session %d: %s store protocol error: %s", self.id, self.store, exc)
         self._fail("08P01", f"shadowproxy: protocol error from the {self.store} store")
+
+    def completed(self, c: Completion) -> None:
+        """A request was answered: the recorder, the boundary, the lock-step."""
+        if c.request.token.__class__ is Internal:
+            assert self.lockstep is not None
+            self.lockstep.internal_done(c)
+            return
+        self.recorder.complete(c)
+        if c.status:
+            self._ready(c.status)
+        if self.lockstep is not None:
+            self.lockstep.completed(c)
+
+    def at_boundary(self) -> None:
+        if self.status == _IDLE and self.server.draining and not self.outstanding:
+            self.shutdown_now()
 
     def _ready(self, status: int) -> None:
         """ReadyForQuery: a request batch ended; a transaction boundary if idle."""
@@ -430,7 +466,10 @@ class ClientSession(asyncio.Protocol):
         )
         self.mirror = manager.open_session(self.id, params)
         self.recorder.order_now = lambda: manager.order
+        self.recorder.on_commit_failed = self._commit_failed
         self.recorder.mirroring = True
+        if self.server.settings.mirror_consistency == "sync":
+            self.lockstep = LockStep(self)
         self.scanner.tracked = OUTCOMES
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -455,12 +494,12 @@ class ClientSession(asyncio.Protocol):
         if self.mirror is not None:
             self.mirror.submit(unit)
 
-    def _keep_for_repair(self, unit: Unit, reason: str) -> None:
+    def _keep_for_repair(self, unit: Unit, reason: str, kind: str = "unmirrorable") -> None:
         """A unit whose effect on the authoritative store is unknown or partial:
         reported as a divergence and kept whole in the rejected journal, never
         applied blindly and never dropped."""
         self.server.divergences.record(
-            "unmirrorable",
+            kind,
             session=self.id,
             seq=unit.seq,
             fingerprint="; ".join(fingerprint(it.sql) for it in unit.items),
@@ -470,6 +509,11 @@ class ClientSession(asyncio.Protocol):
         manager = self.server.mirror_manager
         if manager is not None:
             manager.reject(unit)
+
+    def _commit_failed(self, unit: Unit) -> None:
+        self._keep_for_repair(
+            unit, "the authoritative commit failed after the mirror applied it", "commit_failed"
+        )
 
     def shutdown_now(self) -> None:
         self._fail("57P01", "terminating connection: shadowproxy is shutting down")

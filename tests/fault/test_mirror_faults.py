@@ -131,7 +131,11 @@ def journal_status(proxy: ProxyProcess) -> dict[str, Any]:
 def assert_equal_and_clean(pair: PgPair, proxy: ProxyProcess, expected_rows: int) -> None:
     rows, _ = pair.assert_same("accounts", order="id")
     assert rows == expected_rows
-    assert proxy.divergences() == []
+    # In sync mode each mirror failure is reported once (sync_deferred); the journal
+    # then keeps the commit order, so nothing else may differ.
+    events = proxy.divergences()
+    assert [e for e in events if e["kind"] != "sync_deferred"] == []
+    assert len(events) <= 20, events
 
 
 # --------------------------------------------------------------------------- tests

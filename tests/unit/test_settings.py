@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.mode is Mode.DUAL_WRITE
     assert s.old_dsn == parse_dsn(OLD) and s.new_dsn == parse_dsn(NEW)
     assert (s.admin_token, s.tls_cert, s.tls_key, s.control_dsn) == (None, None, None, None)
-    assert (s.mirror_consistency, s.mirror_queue_max_units) == ("async", 10_000)
+    assert (s.mirror_consistency, s.mirror_queue_max_units) == ("sync", 10_000)
     assert s.mirror_queue_max_bytes == s.max_message_size == 64 * 1024 * 1024
     assert s.mirror_connect_timeout == 5.0
     assert s.journal_dir == Path("shadowproxy-journal")
@@ -282,7 +283,8 @@ def test_new_dsn_optional_at_the_ends_of_the_ladder(mode: str) -> None:
             {"SHADOW_MODE": "sideways"},
             "SHADOW_MODE: must be one of old-only, dual-write, shadow-read, read-new, write-new, new-only",
         ),
-        ({"SHADOW_MIRROR_CONSISTENCY": "sync"}, "SHADOW_MIRROR_CONSISTENCY: must be one of async"),
+        ({"SHADOW_MIRROR_CONSISTENCY": "lockstep"}, "SHADOW_MIRROR_CONSISTENCY: must be one of sync or async"),
+        ({"SHADOW_MIRROR_SYNC_TIMEOUT": "0"}, "SHADOW_MIRROR_SYNC_TIMEOUT: must be > 0"),
         ({"SHADOW_MIRROR_QUEUE_MAX_UNITS": "0"}, "SHADOW_MIRROR_QUEUE_MAX_UNITS: must be > 0"),
         (
             {"SHADOW_MIRROR_QUEUE_MAX_UNITS": "lots"},
@@ -417,12 +419,17 @@ def test_cli_serve_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert err == f"shadowproxy: config error: {tmp_path / 'nope.toml'}: no such config file\n"
 
 
-def test_cli_mode_prints_configured_mode(
+def test_cli_mode_without_control_store_asks_the_admin_api(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_toml(tmp_path, f'old_dsn = "{OLD}"\nnew_dsn = "{NEW}"\nmode = "read-new"\n')
-    assert main(["mode", "--config", str(config)]) == 0
-    assert capsys.readouterr().out == "read-new\n"
+    # No SHADOW_CONTROL_DSN: the mode lives in the instance, asked through its admin API.
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    toml = f'old_dsn = "{OLD}"\nnew_dsn = "{NEW}"\nadmin_listen = "127.0.0.1:{port}"\n'
+    config = write_toml(tmp_path, toml)
+    assert main(["mode", "--config", str(config)]) == 1
+    assert f"admin API at http://127.0.0.1:{port} unreachable" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

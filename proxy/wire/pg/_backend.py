@@ -39,6 +39,11 @@ class BackendScanner:
         self._skip = 0  # bytes of an untracked message still to pass over
         self.tracked = tracked  # may change between messages (mode changes)
 
+    @property
+    def mid_message(self) -> bool:
+        """Part of a message was seen and the rest has not arrived yet."""
+        return bool(self._buf or self._skip)
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         skip = self._skip

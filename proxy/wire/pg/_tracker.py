@@ -87,6 +87,11 @@ class Tracker:
     def head(self) -> Request | None:
         return self._queue[0] if self._queue else None
 
+    @property
+    def tail(self) -> Request | None:
+        """The request registered last (a CopyData belongs to it)."""
+        return self._queue[-1] if self._queue else None
+
     def in_flight(self) -> list[tuple[int, Any]]:
         """(kind, token) of the requests still waiting for their answer."""
         return [(req.kind, req.token) for req in self._queue]

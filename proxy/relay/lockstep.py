@@ -1,0 +1,459 @@
+"""sync consistency ("lock-step"): the mirror applies a transaction before the
+authoritative store commits it.
+
+How this works: in sync mode the session parses the client's messages before
+forwarding them and hands them here.  They are forwarded in order until a
+*commit point*: a Sync that ends an implicit transaction holding writes, a
+COMMIT (simple Query or Execute) of an explicit transaction holding writes, or
+an autocommit write sent as a simple Query.  There forwarding stops: once the
+store has answered everything already forwarded (a Flush makes it send what
+it would otherwise keep buffered until Sync), the open transaction is taken
+from the recorder as a unit and the session's mirror applies and commits it;
+only then is the commit point forwarded.  Until the authoritative commit the
+transaction holds its row locks, so a conflicting writer from another session
+reaches the mirror after it: both stores apply conflicting writes in the same
+order, and a transaction that starts after a commit sees it on both stores.
+
+An autocommit simple Query commits as it runs, so it is wrapped: the proxy
+sends BEGIN before it and, once the mirror has applied it, COMMIT (ROLLBACK if
+it failed).  While wrapped, the store's answers are read message by message
+and the answers to the proxy's own statements are hidden: the client sees what
+an autocommit query shows (ReadyForQuery idle; an ErrorResponse and no
+CommandComplete when the commit fails).
+
+A mirror that fails or does not answer within mirror_sync_timeout never
+blocks the commit: the unit goes to the journal, the failure is logged once as
+a ``sync_deferred`` divergence (naming the first commit it caught), and the
+commit goes on.
+While the mirror is journaling, commits go straight to the journal (in commit
+order, durable before the authoritative commit) and are counted as fallbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from proxy import metrics
+from proxy.classify import Kind, _next_word, _statements, classify, fingerprint, tables_of
+from proxy.mirror.unit import Unit
+from proxy.wire.pg import OUTCOMES, Completion, Request, split_messages
+from proxy.wire.pg import events as ev
+from proxy.wire.pg import messages as m
+from proxy.wire.pg._tracker import Q
+
+if TYPE_CHECKING:
+    from proxy.relay.client import ClientSession
+
+
+class Internal:
+    """Token of a request the proxy itself sent: its answers are not the client's."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+BEGIN_TOKEN = Internal("begin")
+END_TOKEN = Internal("end")
+_BEGIN = m.query("BEGIN")
+_COMMIT = m.query("COMMIT")
+_ROLLBACK = m.query("ROLLBACK")
+_IDLE = ord("I")
+_ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
+_HELD_MAX = 10_000  # events held from the client before its socket stops being read
+
+FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING = range(5)
+NONE, SYNC, COMMIT, AUTOCOMMIT = range(4)
+
+# Statements PostgreSQL refuses inside a transaction block: never wrapped.
+_NO_TXN_BLOCK = re.compile(
+    r"^\s*(vacuum|create\s+database|drop\s+database|create\s+tablespace|drop\s+tablespace"
+    r"|alter\s+system|alter\s+database\s+\S+\s+set\s+tablespace"
+    r"|(create|drop)\s+index\s+concurrently|(create\s+unique|create)\s+index\s+concurrently"
+    r"|reindex\s.*\bconcurrently\b)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def txn_action(sql: str) -> str:
+    """'begin', 'commit', 'rollback' or '' for one transaction-control statement."""
+    word, end = _next_word(sql)
+    nxt = _next_word(sql, end)[0]
+    if word in ("begin", "start"):
+        return "begin"
+    if word in ("commit", "end"):
+        return "" if nxt == "prepared" else "commit"
+    if word in ("rollback", "abort"):
+        if nxt in ("work", "transaction"):
+            nxt = _next_word(sql, _next_word(sql, end)[1])[0]
+        return "" if nxt in ("to", "prepared") else "rollback"
+    return ""
+
+
+def wrappable(sql: str) -> str:
+    """'' if an autocommit Query can run inside BEGIN ... COMMIT, else why not."""
+    parts = list(_statements(sql.rstrip(" \t\r\n;"))) if ";" in sql else [sql]
+    for part in parts:
+        if _NO_TXN_BLOCK.match(part):
+            return "no transaction block"
+        if len(parts) > 1 and classify(part) is Kind.TXN and txn_action(part):
+            return "transaction control in a multi-statement query"
+    return ""
+
+
+class LockStep:
+    __slots__ = (
+        "s",
+        "held",
+        "state",
+        "writes",
+        "block",
+        "filtering",
+        "client_gone",
+        "_fbuf",
+        "_wrapped",
+        "_held_tag",
+        "_unit",
+        "_timer",
+        "_started",
+        "_paused",
+        "timeout",
+    )
+
+    def __init__(self, session: ClientSession) -> None:
+        self.s = session
+        self.held: deque[Any] = deque()
+        self.state = FLOWING
+        # Hints kept as requests are forwarded, exact once the answers are in:
+        self.writes = False  # a write went out since the last transaction boundary
+        self.block = False  # inside an explicit transaction block
+        self.filtering = False  # answers read message by message (a query is wrapped)
+        self.client_gone = False
+        self._fbuf = b""
+        self._wrapped: Request | None = None
+        self._held_tag: bytes | None = None
+        self._unit: Unit | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._paused = False
+        self.timeout = session.server.settings.mirror_sync_timeout
+
+    @property
+    def busy(self) -> bool:
+        """A commit is under way: it must finish even if the client leaves."""
+        return self.state in (MIRROR, WRAPPED, ENDING)
+
+    # -- client side -------------------------------------------------------------------
+
+    def feed(self, events: list[Any]) -> None:
+        self.held.extend(events)
+        if self.state == FLOWING:
+            self._pump()
+        elif self.state == WRAPPED:
+            self._pump_copy()
+        if len(self.held) > _HELD_MAX and not self._paused:
+            self._paused = True
+            self.s.pause_client_reading()
+
+    def _take(self, batch: list[Any]) -> None:
+        """Register the head event as a request (before the next gate looks at the
+        recorder's portals) and queue its bytes in ``batch``."""
+        e = self.held.popleft()
+        s = self.s
+        if not s.outstanding and not batch:
+            s.batch_started = perf_counter()
+        s._track_requests([e])
+        self._note(e)
+        batch.append(e.raw)
+
+    def _write(self, batch: list[bytes]) -> None:
+        upstream = self.s.upstream
+        if batch and upstream is not None and upstream.transport is not None:
+            upstream.transport.write(b"".join(batch))
+
+    def _note(self, e: Any) -> None:
+        """Update the hints from a request as it goes out."""
+        cls = type(e)
+        if cls is ev.Query:
+            sql = e.sql
+        elif cls is ev.Execute:
+            found = self.s.recorder.portal_sql(e.portal)
+            if found is None:
+                return
+            sql = found
+        else:
+            return
+        kind = classify(sql)
+        if kind is Kind.WRITE or kind is Kind.DDL:
+            self.writes = True
+        elif kind is Kind.TXN:
+            action = txn_action(sql)
+            if action == "begin":
+                self.block = True
+            elif action:
+                self.block = False
+
+    def _gate(self, e: Any) -> int:
+        cls = type(e)
+        if cls is ev.Sync:
+            return SYNC if self.writes and not self.block else NONE
+        if cls is ev.Query:
+            kind = classify(e.sql)
+            if kind is Kind.TXN:
+                return COMMIT if self.writes and txn_action(e.sql) == "commit" else NONE
+            if (kind is Kind.WRITE or kind is Kind.DDL) and not self.block:
+                return AUTOCOMMIT
+            return NONE
+        if cls is ev.Execute and self.writes:
+            sql = self.s.recorder.portal_sql(e.portal)
+            if sql is not None and classify(sql) is Kind.TXN and txn_action(sql) == "commit":
+                return COMMIT
+        return NONE
+
+    def _pump(self) -> None:
+        """Forward held events up to the next commit point (state FLOWING)."""
+        held = self.held
+        batch: list[bytes] = []
+        while held and self.state == FLOWING:
+            e = held[0]
+            gate = self._gate(e)
+            if gate == NONE:
+                self._take(batch)
+                continue
+            self._write(batch)
+            batch = []
+            if self.s.tracker.pending:  # the answers decide; have the store send them now
+                self._write([m.FLUSH])
+                self.state = ANSWERS
+                return
+            if not self._act(gate, e):
+                return
+            self._take(batch)
+        self._write(batch)
+        if self._paused and len(held) < _HELD_MAX // 2:
+            self._paused = False
+            self.s.resume_client_reading()
+
+    def _pump_copy(self) -> None:
+        """While a wrapped COPY ... FROM STDIN runs, its data must reach the store."""
+        batch: list[bytes] = []
+        while self.held and type(self.held[0]) in (ev.CopyData, ev.CopyDone, ev.CopyFail):
+            self._take(batch)
+        self._write(batch)
+
+    def _act(self, gate: int, e: Any) -> bool:
+        """At a commit point with every answer in: True to forward ``e`` now."""
+        s = self.s
+        rec = s.recorder
+        if gate == SYNC:
+            if self.block:
+                return True
+            return self._mirror(rec.take_open_unit(commit=False))
+        if gate == COMMIT:
+            if not self.block or s.tracker.status == ord("E") or s.tracker.batch_error:
+                return True  # an aborted transaction: COMMIT rolls it back
+            return self._mirror(rec.take_open_unit(commit=True))
+        # AUTOCOMMIT
+        if self.block:
+            return True
+        why = wrappable(e.sql)
+        if not why and s.scanner.mid_message:
+            why = "answer split across reads"
+        if why:
+            metrics.MIRROR_SYNC_FALLBACKS.labels(why).inc()
+            return True
+        self._wrap(e)
+        return False
+
+    # -- the mirror ----------------------------------------------------------------------
+
+    def _mirror(self, unit: Unit | None) -> bool:
+        """Hand ``unit`` to the mirror; True if the commit may go on at once."""
+        mirror = self.s.mirror
+        if unit is None or mirror is None:
+            return True
+        waiter = mirror.submit_sync(unit)
+        if waiter.done():  # journaled straight away: the mirror is down or catching up
+            metrics.MIRROR_SYNC_FALLBACKS.labels("journal").inc()
+            return True
+        self._unit = unit
+        self._started = perf_counter()
+        self.state = MIRROR
+        waiter.add_done_callback(lambda w: self._mirrored(unit, w))
+        self._timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out, unit)
+        return False
+
+    def _mirrored(self, unit: Unit, waiter: asyncio.Future[bool]) -> None:
+        if self._unit is not unit:
+            return  # timed out earlier: the commit already went on
+        if waiter.cancelled() or not waiter.result():
+            # The mirror failed under this commit: reported once per waiting commit;
+            # later commits go straight to the journal and are only counted.
+            metrics.MIRROR_SYNC_FALLBACKS.labels("journal").inc()
+            self._deferred(unit, "the mirror store failed; the unit is journaled")
+        self._release()
+
+    def _timed_out(self, unit: Unit) -> None:
+        if self._unit is not unit:
+            return
+        manager = self.s.server.mirror_manager
+        if manager is not None:  # the unit and everything after it go to the journal
+            manager.start_journaling("sync-timeout")
+        metrics.MIRROR_SYNC_FALLBACKS.labels("timeout").inc()
+        self._deferred(unit, f"the mirror store did not apply it within {self.timeout:g}s")
+        self._release()
+
+    def _deferred(self, unit: Unit, reason: str) -> None:
+        manager = self.s.server.mirror_manager
+        if manager is not None:
+            if manager.reported_episode == manager.episode:
+                return  # this failure is already in the log; the metric counts the rest
+            manager.reported_episode = manager.episode
+        self.s.server.divergences.record(
+            "sync_deferred",
+            session=self.s.id,
+            seq=unit.seq,
+            fingerprint="; ".join(fingerprint(it.sql) for it in unit.items),
+            tables=sorted({t for it in unit.items for t in tables_of(it.sql)}),
+            reason=reason,
+        )
+
+    def _release(self) -> None:
+        """The mirror has the unit (or the journal will): the commit goes on."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._unit = None
+        metrics.MIRROR_SYNC_WAIT.observe(perf_counter() - self._started)
+        if self._wrapped is not None:
+            self._end(_COMMIT)
+            return
+        self.state = FLOWING
+        if self.held:
+            batch: list[bytes] = []
+            self._take(batch)  # the commit point itself
+            self._write(batch)
+        if self.client_gone:
+            self._terminate()
+        else:
+            self._pump()
+
+    # -- wrapping an autocommit Query -----------------------------------------------------
+
+    def _wrap(self, e: ev.Query) -> None:
+        s = self.s
+        assert s.upstream is not None and s.upstream.transport is not None
+        s.tracker.request(Q, BEGIN_TOKEN)
+        batch = [_BEGIN]
+        self._take(batch)
+        self._write(batch)
+        self._wrapped = s.tracker.tail
+        self.filtering = True
+        self.state = WRAPPED
+        self._pump_copy()
+
+    def _end(self, raw: bytes) -> None:
+        s = self.s
+        s.tracker.request(Q, END_TOKEN)
+        self.state = ENDING
+        if s.upstream is not None and s.upstream.transport is not None:
+            s.upstream.transport.write(raw)
+            if self.client_gone:
+                s.upstream.transport.write(m.TERMINATE)
+
+    def _terminate(self) -> None:
+        self.held.clear()
+        up = self.s.upstream
+        if up is not None and up.transport is not None and not up.transport.is_closing():
+            up.transport.write(m.TERMINATE)
+
+    # -- answers -----------------------------------------------------------------------
+
+    def completed(self, c: Completion) -> None:
+        """A client request was answered (after the recorder saw it)."""
+        if c.status:
+            self.block = c.status != _IDLE
+            if not self.block and not self.s.tracker.pending:
+                self.writes = False
+        if c.request is self._wrapped:
+            self._wrapped_answered(c)
+        elif self.state == ANSWERS and not self.s.tracker.pending:
+            self.state = FLOWING
+            self._pump()
+
+    def _wrapped_answered(self, c: Completion) -> None:
+        if c.status == ord("T"):
+            unit = self.s.recorder.take_open_unit(commit=False)
+            if self._mirror(unit):
+                self._end(_COMMIT)
+        elif c.status == ord("E"):
+            self._end(_ROLLBACK)
+        else:  # the query ended the transaction itself (not wrapped again)
+            self._wrapped = None
+            self.state = FLOWING
+            self._pump()
+
+    def internal_done(self, c: Completion) -> None:
+        """An answer to the proxy's own BEGIN / COMMIT / ROLLBACK."""
+        if c.request.token is not END_TOKEN:
+            return
+        s = self.s
+        committed = c.request.error is None and "COMMIT" in c.request.tags
+        s.recorder.end_taken(committed)
+        self._wrapped = None
+        self._held_tag = None
+        self.writes = False
+        self.block = False
+        self.state = FLOWING
+        s.status = c.status
+        if self.client_gone:
+            return
+        s.at_boundary()
+        self._pump()
+
+    def upstream(self, data: bytes) -> None:
+        """The store's answers while a query is wrapped, one message at a time."""
+        s = self.s
+        msgs, self._fbuf = split_messages(self._fbuf + data)
+        out: list[bytes] = []
+        tracker = s.tracker
+        for t, raw in msgs:
+            head = tracker.head
+            forward = True
+            if head is not None and t not in _ASYNC:
+                token = head.token
+                if token is BEGIN_TOKEN:
+                    forward = False
+                elif token is END_TOKEN:
+                    if t == 0x43:  # COMMIT/ROLLBACK: the client's own tag goes out instead
+                        forward = False
+                        if self._held_tag is not None and raw[5:11] == b"COMMIT":
+                            out.append(self._held_tag)
+                        self._held_tag = None
+                    elif t == 0x45:
+                        self._held_tag = None  # the commit failed: no CommandComplete
+                elif head is self._wrapped:
+                    if t == 0x5A:
+                        forward = raw[5] == _IDLE
+                    elif t == 0x43:  # the last tag waits for the commit's outcome
+                        if self._held_tag is not None:
+                            out.append(self._held_tag)
+                        self._held_tag = raw
+                        forward = False
+                    elif self._held_tag is not None:
+                        out.append(self._held_tag)
+                        self._held_tag = None
+            if forward:
+                out.append(raw)
+            if t in OUTCOMES:
+                for c in tracker.response(t, raw[5:]):
+                    s.completed(c)
+        if out and s.transport is not None:
+            s.transport.write(b"".join(out))
+        if not self._fbuf and self._wrapped is None and self.state != ENDING:
+            self.filtering = False
