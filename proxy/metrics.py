@@ -156,7 +156,8 @@ MIRROR_STATEMENTS = Counter(
 )
 MIRROR_FAILURES = Counter(
     "shadowproxy_mirror_failures_total",
-    "Mirror units that could not be applied live, by reason (connect, lost, overflow, rejected).",
+    "Mirror units that could not be applied live, by reason "
+    "(connect, lost, overflow, journaling, shutdown, rejected).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -173,9 +174,27 @@ JOURNAL_REPLAYED = Counter(
     "Units replayed from the journal to the mirror store.",
     registry=REGISTRY,
 )
+MIRROR_SYNC_WAIT = Histogram(
+    "shadowproxy_mirror_sync_wait_seconds",
+    "sync consistency: time a commit waited for the mirror store to apply its transaction.",
+    buckets=_LAG_BUCKETS,
+    registry=REGISTRY,
+)
+MIRROR_SYNC_FALLBACKS = Counter(
+    "shadowproxy_mirror_sync_fallbacks_total",
+    "sync consistency: transactions mirrored after their commit instead of in lock-step, by "
+    "reason (timeout, journal, multi-statement transaction control, no transaction block).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SEQUENCES_ADVANCED = Counter(
+    "shadowproxy_sequences_advanced_total",
+    "Mirror-store sequences moved forward to the authoritative store's value.",
+    registry=REGISTRY,
+)
 DIVERGENCES = Counter(
     "shadowproxy_divergences_total",
-    "Divergences detected between the stores, by kind (tag, error, unmirrorable, ...).",
+    "Divergences detected between the stores, by kind (rowcount, error, unmirrorable, ...).",
     ["kind"],
     registry=REGISTRY,
 )
@@ -198,4 +217,20 @@ MODE_INFO = Gauge(
 )
 MODE_EPOCH = Gauge(
     "shadowproxy_mode_epoch", "Epoch of the mode this instance runs.", registry=REGISTRY
+)
+CONTROL_STORE_UP = Gauge(
+    "shadowproxy_control_store_up",
+    "1 while the control store (or, without one, the local state file) answers; 0 while this "
+    "instance runs its last known mode without it (fail static).",
+    registry=REGISTRY,
+)
+MODE_CHANGES = Counter(
+    "shadowproxy_mode_changes_total",
+    "Mode changes this instance applied.",
+    registry=REGISTRY,
+)
+CONTROL_LAST_HEARTBEAT = Gauge(
+    "shadowproxy_control_last_heartbeat_timestamp_seconds",
+    "Unix time of this instance's last heartbeat written to the control store.",
+    registry=REGISTRY,
 )

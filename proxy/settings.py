@@ -194,7 +194,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    mirror_consistency: Literal["async"] = "async"
+    # sync: each transaction is applied on the mirror before its authoritative commit
+    # is forwarded (lock-step); async: after it, in session order.
+    mirror_consistency: Literal["sync", "async"] = "sync"
+    # sync: the longest a commit waits for the mirror; then the mirror switches to the
+    # journal and the commit goes on (the unit is journaled and logged as a divergence).
+    mirror_sync_timeout: float = 5.0
+    # Seconds between runs advancing the mirror store's sequences to the authoritative ones.
+    sequence_sync_interval: float = 2.0
     mirror_queue_max_units: int = 10_000
     mirror_queue_max_bytes: int = 64 * MIB
     mirror_connect_timeout: float = 5.0
@@ -206,8 +213,16 @@ class Settings(BaseSettings):
     # Seconds a client has to finish SSL negotiation, startup and authentication.
     startup_timeout: float = 60.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per line (proxy/logs.py); "text": for humans.
+    log_format: Literal["text", "json"] = "text"
     control_dsn: Dsn | None = None
     state_file: Path = Path("shadowproxy-state/mode.json")
+    # Seconds between control-store polls and heartbeats (LISTEN/NOTIFY is the fast path).
+    control_poll_interval: float = 2.0
+    # Seconds a clean comparator run stays valid for the write-new / new-only gates.
+    control_compare_max_age: float = 3600.0
+    # Largest fraction of shadow reads that may differ for a forward step to pass its gate.
+    control_shadow_mismatch_max: float = 0.001
 
     @classmethod
     def settings_customise_sources(
@@ -267,17 +282,33 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator(
         "mirror_queue_max_units",
         "mirror_queue_max_bytes",
         "mirror_connect_timeout",
         "mirror_apply_timeout",
+        "mirror_sync_timeout",
+        "sequence_sync_interval",
         "startup_timeout",
+        "control_poll_interval",
+        "control_compare_max_age",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be > 0")
+        return value
+
+    @field_validator("control_shadow_mismatch_max")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError("must be between 0 and 1")
         return value
 
     @field_validator("max_message_size")

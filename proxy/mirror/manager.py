@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from proxy import metrics
-from proxy.classify import fingerprint, tables_of
+from proxy.classify import Kind, classify, fingerprint, tables_of
 from proxy.mirror.connection import ItemResult, MirrorConnection, MirrorUnavailable
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.journal import Journal
+from proxy.mirror.pinning import CATALOG_SQL, Pinner, build_catalog
+from proxy.mirror.sequences import Endpoint, sync_sequences
 from proxy.mirror.unit import Unit
 from proxy.settings import Settings
 
@@ -55,6 +57,9 @@ class MirrorConfig:
     queue_max_units: int
     queue_max_bytes: int
     journal_dir: Path
+    # The authoritative store, for sequences (None: no credentials to read them).
+    source: Endpoint | None = None
+    sequence_sync_interval: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorConfig:
@@ -72,6 +77,14 @@ class MirrorConfig:
             queue_max_units=settings.mirror_queue_max_units,
             queue_max_bytes=settings.mirror_queue_max_bytes,
             journal_dir=settings.journal_dir,
+            source=Endpoint(
+                settings.old_dsn.host,
+                settings.old_dsn.port,
+                settings.old_dsn.user or new.user,
+                settings.old_dsn.password,
+                settings.old_dsn.database or new.database,
+            ),
+            sequence_sync_interval=settings.sequence_sync_interval,
         )
 
 
@@ -80,7 +93,9 @@ def check_results(unit: Unit, results: list[ItemResult], divergences: Divergence
     clean = True
     for item, res in zip(unit.items, results, strict=True):
         failed = res.error is not None or res.skipped
-        if not failed and res.tags == item.tags:
+        if not failed and (res.tags == item.tags or not item.tags):
+            # No tag on the authoritative side: a portal the client left suspended
+            # (rows fetched with a limit, never run to the end); nothing to compare.
             continue
         where = {
             "session": unit.session_id,
@@ -137,6 +152,13 @@ class MirrorManager:
         # divergence (one event per mirror failure, not one per journaled commit).
         self.episode = 0
         self.reported_episode = 0
+        # Value pinning: the mirror store's catalog, read at start and after DDL.
+        self.pinner = Pinner()
+        self._catalog_task: asyncio.Task[None] | None = None
+        self._catalog_again = False
+        self.catalog_error = ""
+        self.sequences_synced_at = 0.0
+        self.sequences_error = ""
         self.store_label = "new"  # the store the mirror writes to (old in write-new)
         metrics.JOURNAL_BACKLOG.set(self.journal.pending())
 
@@ -144,6 +166,67 @@ class MirrorManager:
 
     def start(self) -> None:
         self._replayer = asyncio.get_running_loop().create_task(self._replay_loop())
+        self.refresh_catalog()
+        if self.config.source is not None:
+            self.track(asyncio.get_running_loop().create_task(self._sequence_loop()))
+
+    async def _sequence_loop(self) -> None:
+        c = self.config
+        assert c.source is not None
+        target = Endpoint(c.host, c.port, c.user, c.password, c.database)
+        while True:
+            try:
+                n = await sync_sequences(c.source, target, c.apply_timeout)
+                metrics.SEQUENCES_ADVANCED.inc(n)
+                self.sequences_synced_at = time.time()
+                self.sequences_error = ""
+            except Exception as exc:  # a background task: logged, shown in /status, retried
+                self.sequences_error = str(exc)
+                log.warning("mirror: sequence sync failed: %s", exc)
+            await asyncio.sleep(c.sequence_sync_interval)
+
+    # -- catalog (value pinning) --------------------------------------------------------
+
+    def refresh_catalog(self) -> asyncio.Task[None]:
+        """Read the mirror store's catalog again; one read at a time, and a read
+        asked for while one runs starts after it (it may miss a change)."""
+        task = self._catalog_task
+        if task is not None and not task.done():
+            self._catalog_again = True
+            return task
+        task = asyncio.get_running_loop().create_task(self._load_catalog())
+        self._catalog_task = task
+        self.track(task)
+        return task
+
+    async def _load_catalog(self) -> None:
+        import asyncpg
+
+        c = self.config
+        while True:
+            self._catalog_again = False
+            try:
+                conn = await asyncpg.connect(
+                    host=c.host,
+                    port=c.port,
+                    user=c.user,
+                    password=c.password,
+                    database=c.database,
+                    timeout=c.connect_timeout,
+                )
+                try:
+                    rows = await conn.fetch(CATALOG_SQL, timeout=c.apply_timeout)
+                finally:
+                    await conn.close()
+                self.pinner.set_catalog(build_catalog(rows))
+                self.catalog_error = ""
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                # Without a catalog, writes with generated values are reported as
+                # unpinnable (never guessed); the next DDL or unknown table retries.
+                self.catalog_error = str(exc)
+                log.warning("mirror: cannot read the mirror store's catalog: %s", exc)
+            if not self._catalog_again:
+                return
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let workers drain their queues, then journal whatever is left.
@@ -317,6 +400,10 @@ class MirrorManager:
             "commit_order": self.order,
             "mirror_watermark": self.watermark,
             "last_mirror_error": self.last_error,
+            "catalog_tables": len(self.pinner.catalog.tables),
+            "catalog_error": self.catalog_error,
+            "sequences_synced_at": self.sequences_synced_at,
+            "sequences_error": self.sequences_error,
         }
 
 
@@ -408,6 +495,8 @@ class SessionMirror:
         self.queue.popleft()
         self._account(-1, -unit.size)
         m.finished(unit.order, live=True)
+        if any(classify(it.sql) is Kind.DDL for it in unit.items):
+            m.refresh_catalog()  # new columns, defaults or keys: pinning must know them
         metrics.MIRROR_APPLIED.inc()
         metrics.MIRROR_STATEMENTS.inc(len(unit.items))
         metrics.MIRROR_LAG.observe(max(0.0, time.time() - unit.committed_at))

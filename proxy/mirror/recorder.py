@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.classify import Kind, _next_word, classify
+from proxy.mirror.pinning import Pinner, Plan, Unpinnable, image_items
 from proxy.mirror.unit import Item, ItemKind, Unit
 from proxy.wire.pg import Completion
 from proxy.wire.pg import events as ev
@@ -80,6 +81,10 @@ class Recorder:
         "_after",
         "_taken",
         "on_commit_failed",
+        "pinner",
+        "_pins",
+        "_portal_pins",
+        "on_unpinnable",
     )
 
     def __init__(
@@ -108,6 +113,12 @@ class Recorder:
         # before the authoritative commit was forwarded (see ``take_open_unit``).
         self._taken: Unit | None = None
         self.on_commit_failed: Callable[[Unit], None] | None = None
+        # Value pinning (pinning.py): plans per statement name and per portal (with
+        # the format the pinned values come back in).
+        self.pinner: Pinner | None = None
+        self._pins: dict[str, Plan | Unpinnable | None] = {}
+        self._portal_pins: dict[str, tuple[Plan | Unpinnable, int]] = {}
+        self.on_unpinnable: Callable[[Unit, str], None] | None = None
 
     # -- requests (client -> authoritative store) --------------------------------
 
@@ -115,17 +126,39 @@ class Recorder:
         kind = classify(e.sql)
         if kind is Kind.READ or not self.mirroring:
             return kind, None
-        return kind, (Item(ItemKind.QUERY, e.sql), kind)
+        item = Item(ItemKind.QUERY, e.sql)
+        if self.pinner is not None and (kind is Kind.WRITE or kind is Kind.DDL):
+            self._pin(item, self.pinner.plan(e.sql), 0)
+        return kind, (item, kind)
 
     def parse(self, e: ev.Parse) -> None:
-        self._statements[e.name] = (e.sql, e.body, classify(e.sql))
+        kind = classify(e.sql)
+        self._statements[e.name] = (e.sql, e.body, kind)
+        if self.pinner is not None and (kind is Kind.WRITE or kind is Kind.DDL):
+            self._pins[e.name] = self.pinner.plan(e.sql)
+        else:
+            self._pins.pop(e.name, None)
 
-    def bind(self, e: ev.Bind) -> None:
+    def statement_pin(self, name: str) -> Plan | Unpinnable | None:
+        return self._pins.get(name)
+
+    def portal_pin(self, portal: str) -> Plan | Unpinnable | None:
+        found = self._portal_pins.get(portal)
+        return found[0] if found is not None else None
+
+    def bind(self, e: ev.Bind, fmt: int = 0) -> None:
+        """``fmt``: the result format the pinned columns come back in, if pinned."""
         st = self._statements.get(e.statement)
         if st is not None:
             self._portals[e.portal] = (st[0], st[1], e.body, st[2])
+            pin = self._pins.get(e.statement)
+            if pin is not None:
+                self._portal_pins[e.portal] = (pin, fmt)
+            else:
+                self._portal_pins.pop(e.portal, None)
         else:
             self._portals.pop(e.portal, None)
+            self._portal_pins.pop(e.portal, None)
         self._executed.pop(e.portal, None)
 
     def execute(self, e: ev.Execute) -> tuple[Kind, Token]:
@@ -139,6 +172,9 @@ class Recorder:
         if item is not None:
             return kind, (item, None, e.max_rows)
         item = Item(ItemKind.EXECUTE, sql, parse_body=parse_body, bind_body=bind_body)
+        pinned = self._portal_pins.get(e.portal)
+        if pinned is not None:
+            self._pin(item, *pinned)
         self._executed[e.portal] = item
         return kind, (item, kind, e.max_rows)
 
@@ -175,9 +211,18 @@ class Recorder:
     def close(self, e: ev.Close) -> None:
         if e.target == "S":
             self._statements.pop(e.name, None)
+            self._pins.pop(e.name, None)
         else:
             self._portals.pop(e.name, None)
+            self._portal_pins.pop(e.name, None)
             self._executed.pop(e.name, None)
+
+    @staticmethod
+    def _pin(item: Item, pin: Plan | Unpinnable | None, fmt: int) -> None:
+        item.pin = pin
+        if isinstance(pin, Plan):
+            item.pin_rows = []
+            item.pin_fmt = fmt
 
     def copy_data(self, token: Any, e: ev.CopyData) -> None:
         """CopyData the client streams while the store is in COPY FROM STDIN."""
@@ -266,15 +311,43 @@ class Recorder:
         in_txn = len(items) > 1 or (
             bool(first.tags) and first.tags[0] in ("BEGIN", "START TRANSACTION")
         )
-        return Unit(
+        flat, unpinnable = self._pinned_items([it for it, _ in items])
+        unit = Unit(
             session_id=self.session_id,
             seq=self._seq,
             in_transaction=in_txn,
             prelude=self._prelude_at_start,
-            items=[it for it, _ in items],
+            items=flat,
             committed_at=self._clock(),
             after=self._after,
         )
+        if unpinnable and self.on_unpinnable is not None:
+            self.on_unpinnable(unit, unpinnable)
+        return unit
+
+    def _pinned_items(self, items: list[Item]) -> tuple[list[Item], str]:
+        """Pinned statements become the statements writing the rows the store
+        returned; what could not be pinned stays as sent, and says why."""
+        if self.pinner is None:
+            return items, ""
+        out: list[Item] = []
+        why = ""
+        for it in items:
+            pin = it.pin
+            if pin is None:
+                out.append(it)
+            elif isinstance(pin, Unpinnable):
+                why = pin.reason
+                out.append(it)
+            else:
+                table = self.pinner.table(pin)
+                rows = it.pin_rows or []
+                if table is None or any(len(r) != len(table.columns) for r in rows):
+                    why = "the table changed under the statement"
+                    out.append(it)
+                else:
+                    out.extend(image_items(pin, table, rows, it.pin_fmt))
+        return out, why
 
     def _remember_session_state(self, sql: str) -> None:
         head = " ".join(sql.lower().split()[:2]).rstrip(";")
@@ -312,7 +385,9 @@ class Recorder:
             # happened: in doubt, whole.
             return taken
         writes = [
-            (tok[0], tok[1]) for _, tok in in_flight if tok is not None and tok[1] is not None
+            (tok[0], tok[1])
+            for _, tok in in_flight
+            if type(tok) is tuple and tok[1] is not None  # not the proxy's own requests
         ]
         sync_commits = idle and items and any(kind == S for kind, _ in in_flight)
         if not writes and not sync_commits:

@@ -40,6 +40,12 @@ class Item:
     copy_data: list[bytes] = field(default_factory=list)
     # Command tags the authoritative store returned for this item, in order.
     tags: list[str] = field(default_factory=list)
+    # Value pinning (never encoded: a unit is built with the pinned rows already
+    # turned into the statements that write them): the plan (pinning.Plan or
+    # Unpinnable), the rows the store returned and the format of their values.
+    pin: Any = None
+    pin_rows: list[list[bytes | None]] | None = None
+    pin_fmt: int = 0
 
 
 @dataclass(slots=True)

@@ -467,9 +467,11 @@ class ClientSession(asyncio.Protocol):
         self.mirror = manager.open_session(self.id, params)
         self.recorder.order_now = lambda: manager.order
         self.recorder.on_commit_failed = self._commit_failed
+        self.recorder.on_unpinnable = self._unpinnable
+        self.recorder.pinner = manager.pinner
         self.recorder.mirroring = True
-        if self.server.settings.mirror_consistency == "sync":
-            self.lockstep = LockStep(self)
+        # Parses before forwarding: holds commits (sync) and rewrites pinned writes.
+        self.lockstep = LockStep(self)
         self.scanner.tracked = OUTCOMES
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -514,6 +516,11 @@ class ClientSession(asyncio.Protocol):
         self._keep_for_repair(
             unit, "the authoritative commit failed after the mirror applied it", "commit_failed"
         )
+
+    def _unpinnable(self, unit: Unit, reason: str) -> None:
+        # Still mirrored (the rows exist on both stores); the values that differ are
+        # for the comparator to repair from the unit kept here.
+        self._keep_for_repair(unit, reason, "unpinnable")
 
     def shutdown_now(self) -> None:
         self._fail("57P01", "terminating connection: shadowproxy is shutting down")

@@ -39,11 +39,19 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.classify import Kind, _next_word, _statements, classify, fingerprint, tables_of
+from proxy.mirror.pinning import MARKER, Plan
 from proxy.mirror.unit import Unit
 from proxy.wire.pg import OUTCOMES, Completion, Request, split_messages
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
-from proxy.wire.pg._tracker import Q
+from proxy.wire.pg._rows import (
+    NO_DATA,
+    bind_result_formats,
+    bind_with_result_formats,
+    data_row_split,
+    row_description_cut,
+)
+from proxy.wire.pg._tracker import D, Q
 
 if TYPE_CHECKING:
     from proxy.relay.client import ClientSession
@@ -60,6 +68,18 @@ class Internal:
 
 BEGIN_TOKEN = Internal("begin")
 END_TOKEN = Internal("end")
+
+
+class PinDescribe(Internal):
+    """Token of a Describe of a pinned statement: its RowDescription is cut."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__("describe")
+        self.plan = plan
+
+
 _BEGIN = m.query("BEGIN")
 _COMMIT = m.query("COMMIT")
 _ROLLBACK = m.query("ROLLBACK")
@@ -67,7 +87,7 @@ _IDLE = ord("I")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
 _HELD_MAX = 10_000  # events held from the client before its socket stops being read
 
-FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING = range(5)
+FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG = range(6)
 NONE, SYNC, COMMIT, AUTOCOMMIT = range(4)
 
 # Statements PostgreSQL refuses inside a transaction block: never wrapped.
@@ -123,6 +143,11 @@ class LockStep:
         "_started",
         "_paused",
         "timeout",
+        "sync",
+        "_special",
+        "_pre",
+        "_raw_skip",
+        "_asked",
     )
 
     def __init__(self, session: ClientSession) -> None:
@@ -142,6 +167,12 @@ class LockStep:
         self._started = 0.0
         self._paused = False
         self.timeout = session.server.settings.mirror_sync_timeout
+        # async mode uses this class only for pinning: no commit is held.
+        self.sync = session.server.settings.mirror_consistency == "sync"
+        self._special: set[int] = set()  # ids of pinned requests awaiting answers
+        self._pre = 0  # bytes at the start of _fbuf already relayed (scanner hand-over)
+        self._raw_skip = 0  # bytes of a message already partly relayed, to pass on as is
+        self._asked: dict[str, int] = {}  # table -> catalog version a refresh was asked at
 
     @property
     def busy(self) -> bool:
@@ -169,7 +200,61 @@ class LockStep:
             s.batch_started = perf_counter()
         s._track_requests([e])
         self._note(e)
+        cls = type(e)
+        if cls is ev.Query or cls is ev.Execute:
+            req = s.tracker.tail
+            token = req.token if req is not None else None
+            if type(token) is tuple and isinstance(token[0].pin, Plan):
+                assert req is not None
+                self._watch(req)
+                if cls is ev.Query:
+                    batch.append(m.query(token[0].pin.sql))
+                    return
+        elif cls is ev.Parse:
+            pin = s.recorder.statement_pin(e.name)
+            if isinstance(pin, Plan):
+                rest = e.body[e.body.index(b"\0") + 1 :]  # parameter count and types
+                batch.append(m.parse(e.name, pin.sql.encode() + b"\0" + rest))
+                return
+        elif cls is ev.Bind:
+            raw = self._pinned_bind(e)
+            if raw is not None:
+                batch.append(raw)
+                return
+        elif cls is ev.Describe:
+            pin = (
+                s.recorder.statement_pin(e.name)
+                if e.target == "S"
+                else s.recorder.portal_pin(e.name)
+            )
+            if isinstance(pin, Plan):
+                self._watch(s.tracker.request(D, PinDescribe(pin)))
         batch.append(e.raw)
+
+    def _pinned_bind(self, e: ev.Bind) -> bytes | None:
+        """Record the Bind; for a pinned statement, say the format its table
+        columns come back in, and give them a format code if the client gave one
+        per column (the added columns would otherwise make the Bind invalid)."""
+        rec = self.s.recorder
+        pin = rec.statement_pin(e.statement)
+        if not isinstance(pin, Plan):
+            return None
+        offset, codes = bind_result_formats(e.body)
+        fmt = codes[0] if len(codes) == 1 else 0
+        rec.bind(e, fmt)  # again, now with the format (the first call had none)
+        if len(codes) <= 1:
+            return None
+        body = bind_with_result_formats(e.body, offset, codes + [0] * (1 + pin.width))
+        names = e.raw[5 : len(e.raw) - len(e.body)]
+        return b"B" + (len(names) + len(body) + 4).to_bytes(4, "big") + names + body
+
+    def _watch(self, req: Request) -> None:
+        """Answers to ``req`` must be read message by message."""
+        self._special.add(id(req))
+        if not self.filtering:
+            self._fbuf, self._raw_skip = self.s.scanner.take_state()
+            self._pre = len(self._fbuf)  # the scanner had relayed these bytes already
+            self.filtering = True
 
     def _write(self, batch: list[bytes]) -> None:
         upstream = self.s.upstream
@@ -199,6 +284,8 @@ class LockStep:
                 self.block = False
 
     def _gate(self, e: Any) -> int:
+        if not self.sync:
+            return NONE
         cls = type(e)
         if cls is ev.Sync:
             return SYNC if self.writes and not self.block else NONE
@@ -221,6 +308,11 @@ class LockStep:
         batch: list[bytes] = []
         while held and self.state == FLOWING:
             e = held[0]
+            missing = self._unknown_tables(e)
+            if missing:
+                self._write(batch)
+                self._wait_catalog(missing)
+                return
             gate = self._gate(e)
             if gate == NONE:
                 self._take(batch)
@@ -238,6 +330,38 @@ class LockStep:
         if self._paused and len(held) < _HELD_MAX // 2:
             self._paused = False
             self.s.resume_client_reading()
+
+    def _unknown_tables(self, e: Any) -> list[str]:
+        """Tables a write names that the catalog lacks and was not re-read for."""
+        cls = type(e)
+        if cls is not ev.Query and cls is not ev.Parse:
+            return []
+        if classify(e.sql) is not Kind.WRITE:
+            return []
+        manager = self.s.server.mirror_manager
+        if manager is None:
+            return []
+        pinner = manager.pinner
+        tables = pinner.catalog.tables
+        return [
+            t for t in tables_of(e.sql) if t not in tables and self._asked.get(t) != pinner.version
+        ]
+
+    def _wait_catalog(self, names: list[str]) -> None:
+        """A write on a table created since the catalog was read: read it again
+        before the statement goes out (pinning needs the table's defaults)."""
+        manager = self.s.server.mirror_manager
+        assert manager is not None
+        self.state = CATALOG
+
+        def done(_: Any) -> None:
+            for name in names:  # asked once per catalog version, found or not
+                self._asked[name] = manager.pinner.version
+            if self.state == CATALOG:
+                self.state = FLOWING
+                self._pump()
+
+        manager.refresh_catalog().add_done_callback(done)
 
     def _pump_copy(self) -> None:
         """While a wrapped COPY ... FROM STDIN runs, its data must reach the store."""
@@ -262,8 +386,6 @@ class LockStep:
         if self.block:
             return True
         why = wrappable(e.sql)
-        if not why and s.scanner.mid_message:
-            why = "answer split across reads"
         if why:
             metrics.MIRROR_SYNC_FALLBACKS.labels(why).inc()
             return True
@@ -417,43 +539,98 @@ class LockStep:
         self._pump()
 
     def upstream(self, data: bytes) -> None:
-        """The store's answers while a query is wrapped, one message at a time."""
+        """The store's answers while some need rewriting, one message at a time."""
         s = self.s
-        msgs, self._fbuf = split_messages(self._fbuf + data)
         out: list[bytes] = []
+        if self._raw_skip:  # the rest of a message the scanner had started to relay
+            n = min(self._raw_skip, len(data))
+            out.append(data[:n])
+            self._raw_skip -= n
+            data = data[n:]
+        msgs, self._fbuf = split_messages(self._fbuf + data)
         tracker = s.tracker
         for t, raw in msgs:
+            if self._pre:  # its first bytes went out before the hand-over
+                out.append(raw[self._pre :])
+                self._pre = 0
+                self._track(t, raw)
+                continue
             head = tracker.head
-            forward = True
-            if head is not None and t not in _ASYNC:
-                token = head.token
-                if token is BEGIN_TOKEN:
-                    forward = False
-                elif token is END_TOKEN:
-                    if t == 0x43:  # COMMIT/ROLLBACK: the client's own tag goes out instead
-                        forward = False
-                        if self._held_tag is not None and raw[5:11] == b"COMMIT":
-                            out.append(self._held_tag)
-                        self._held_tag = None
-                    elif t == 0x45:
-                        self._held_tag = None  # the commit failed: no CommandComplete
-                elif head is self._wrapped:
-                    if t == 0x5A:
-                        forward = raw[5] == _IDLE
-                    elif t == 0x43:  # the last tag waits for the commit's outcome
-                        if self._held_tag is not None:
-                            out.append(self._held_tag)
-                        self._held_tag = raw
-                        forward = False
-                    elif self._held_tag is not None:
-                        out.append(self._held_tag)
-                        self._held_tag = None
-            if forward:
+            if head is None or t in _ASYNC:
                 out.append(raw)
-            if t in OUTCOMES:
-                for c in tracker.response(t, raw[5:]):
-                    s.completed(c)
+            else:
+                self._relay(t, raw, head, out)
+            self._track(t, raw)
         if out and s.transport is not None:
             s.transport.write(b"".join(out))
-        if not self._fbuf and self._wrapped is None and self.state != ENDING:
+        if not self._special and self._wrapped is None and self.state != ENDING:
+            # Nothing left to rewrite: the scanner takes the stream back.
+            if self._fbuf[self._pre :] and s.transport is not None:
+                s.transport.write(self._fbuf[self._pre :])
+            s.scanner.give_state(self._fbuf, self._raw_skip)
+            self._fbuf = b""
+            self._pre = self._raw_skip = 0
             self.filtering = False
+
+    def _track(self, t: int, raw: bytes) -> None:
+        tracker = self.s.tracker
+        head = tracker.head
+        if t in OUTCOMES or (head is not None and head.kind == D and t in b"Tn"):
+            special = self._special
+            for c in tracker.response(t, raw[5:]):
+                if special:
+                    special.discard(id(c.request))
+                self.s.completed(c)
+
+    def _relay(self, t: int, raw: bytes, head: Request, out: list[bytes]) -> None:
+        """One answer to ``head``: relayed, rewritten or hidden."""
+        token = head.token
+        if token is BEGIN_TOKEN:
+            return
+        if token is END_TOKEN:
+            if t == 0x43:  # COMMIT/ROLLBACK: the client's own tag goes out instead
+                if self._held_tag is not None and raw[5:11] == b"COMMIT":
+                    out.append(self._held_tag)
+                self._held_tag = None
+                return
+            if t == 0x45:
+                self._held_tag = None  # the commit failed: no CommandComplete
+            out.append(raw)
+            return
+        if type(token) is PinDescribe:
+            if t == 0x54:
+                _, cut = row_description_cut(raw[5:], MARKER)
+                out.append(cut if token.plan.client_returns else NO_DATA)
+            else:
+                out.append(raw)
+            return
+        if type(token) is tuple and isinstance(token[0].pin, Plan):
+            item = token[0]
+            plan = item.pin
+            if t == 0x44:  # DataRow: the client's columns out, the table's kept
+                body = raw[5:]
+                keep = plan.keep(int.from_bytes(body[:2], "big"))
+                client_row, image = data_row_split(body, keep)
+                item.pin_rows.append(image)
+                if plan.client_returns:
+                    out.append(client_row)
+                return
+            if t == 0x54:
+                _, cut = row_description_cut(raw[5:], MARKER)
+                if plan.client_returns:
+                    out.append(cut)
+                return
+        if head is self._wrapped:
+            if t == 0x5A:
+                if raw[5] == _IDLE:
+                    out.append(raw)
+                return
+            if t == 0x43:  # the last tag waits for the commit's outcome
+                if self._held_tag is not None:
+                    out.append(self._held_tag)
+                self._held_tag = raw
+                return
+            if self._held_tag is not None:
+                out.append(self._held_tag)
+                self._held_tag = None
+        out.append(raw)

@@ -39,10 +39,18 @@ class BackendScanner:
         self._skip = 0  # bytes of an untracked message still to pass over
         self.tracked = tracked  # may change between messages (mode changes)
 
-    @property
-    def mid_message(self) -> bool:
-        """Part of a message was seen and the rest has not arrived yet."""
-        return bool(self._buf or self._skip)
+    def take_state(self) -> tuple[bytes, int]:
+        """Hand over (the partial message kept, the bytes of a message still to
+        pass over) to a reader that takes the stream from here; reset."""
+        state = (self._buf, self._skip)
+        self._buf = b""
+        self._skip = 0
+        return state
+
+    def give_state(self, buf: bytes, skip: int) -> None:
+        """Take the stream back mid-message (see ``take_state``)."""
+        self._buf = buf
+        self._skip = skip
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []

@@ -1,0 +1,96 @@
+"""Row-level message surgery for value pinning: split columns off rows.
+
+A pinned statement returns the client's columns, a marker column, then the
+table's columns.  These functions cut DataRow and RowDescription messages at
+a column index (the client keeps what comes before it) and read and write the
+result-format codes of a Bind body.  Values are never decoded.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from proxy.wire.pg._errors import ProtocolError
+
+_I16 = Struct("!h")
+_U16 = Struct("!H")
+_I32 = Struct("!i")
+NO_DATA = b"n\x00\x00\x00\x04"
+
+
+def _msg(t: bytes, body: bytes) -> bytes:
+    return t + _I32.pack(len(body) + 4) + body
+
+
+def data_row_split(body: bytes, keep: int) -> tuple[bytes, list[bytes | None]]:
+    """A DataRow body -> (the DataRow message of its first ``keep`` columns,
+    the values after column ``keep`` (the marker), None for NULL)."""
+    n = _U16.unpack_from(body, 0)[0]
+    if keep < 0 or keep >= n:
+        raise ProtocolError(f"pinned row has {n} columns, expected more than {keep}")
+    pos = 2
+    cut = 2
+    values: list[bytes | None] = []
+    for i in range(n):
+        length = _I32.unpack_from(body, pos)[0]
+        start = pos + 4
+        end = start if length < 0 else start + length
+        if i == keep:
+            cut = pos
+        elif i > keep:
+            values.append(None if length < 0 else body[start:end])
+        pos = end
+    return _msg(b"D", _U16.pack(keep) + body[2:cut]), values
+
+
+def row_description_cut(body: bytes, marker: str) -> tuple[int, bytes]:
+    """A RowDescription body -> (index of the ``marker`` column, the message
+    describing only the columns before it)."""
+    n = _U16.unpack_from(body, 0)[0]
+    pos = 2
+    wanted = marker.encode()
+    for i in range(n):
+        nul = body.index(b"\0", pos)
+        if body[pos:nul] == wanted:
+            return i, _msg(b"T", _U16.pack(i) + body[2:pos])
+        pos = nul + 1 + 18
+    raise ProtocolError("pinned statement without its marker column")
+
+
+def bind_result_formats(body: bytes) -> tuple[int, list[int]]:
+    """A Bind body after the names -> (offset of its result-format count, codes)."""
+    pos = 0
+    nfmt = _U16.unpack_from(body, pos)[0]
+    pos += 2 + 2 * nfmt
+    nparams = _U16.unpack_from(body, pos)[0]
+    pos += 2
+    for _ in range(nparams):
+        length = _I32.unpack_from(body, pos)[0]
+        pos += 4 + max(length, 0)
+    nres = _U16.unpack_from(body, pos)[0]
+    codes = [_I16.unpack_from(body, pos + 2 + 2 * i)[0] for i in range(nres)]
+    return pos, codes
+
+
+def bind_with_result_formats(body: bytes, offset: int, codes: list[int]) -> bytes:
+    return body[:offset] + _U16.pack(len(codes)) + b"".join(_I16.pack(c) for c in codes)
+
+
+def parse_body(sql: str, nparams: int = 0) -> bytes:
+    """Body of a Parse after its name: parameter types left to the server (0)."""
+    return (
+        sql.encode("utf-8", "surrogateescape") + b"\0" + _U16.pack(nparams) + b"\0" * (4 * nparams)
+    )
+
+
+def bind_body(values: list[bytes | None], fmt: int) -> bytes:
+    """Body of a Bind after its names: every parameter in format ``fmt``, text results."""
+    out = [_U16.pack(1), _I16.pack(fmt), _U16.pack(len(values))]
+    for v in values:
+        if v is None:
+            out.append(b"\xff\xff\xff\xff")
+        else:
+            out.append(_I32.pack(len(v)))
+            out.append(v)
+    out.append(_U16.pack(0))
+    return b"".join(out)
