@@ -21,6 +21,9 @@ from proxy import metrics
 
 log = logging.getLogger(__name__)
 
+# A field named like a LogRecord attribute ("name", "args"...) cannot be an extra.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
 
 class DivergenceLog:
     def __init__(self, path: Path, source: str = "proxy") -> None:
@@ -39,8 +42,15 @@ class DivergenceLog:
         metrics.DIVERGENCES.labels(kind).inc()
         self.counts[kind] += 1
         self.recent.append(event)
+        # Its own record, with the event's fields as structured extras (JSON logs);
+        # the new store's error text stays in the divergence log only.
+        shown = {k: v for k, v in fields.items() if k != "new_error"}
+        extra = {f"divergence_{k}" if k in _RECORD_ATTRS else k: v for k, v in shown.items()}
         log.warning(
-            "divergence kind=%s %s", kind, {k: v for k, v in fields.items() if k != "new_error"}
+            "divergence kind=%s %s",
+            kind,
+            shown,
+            extra={**extra, "event": "divergence", "kind": kind, "source": self.source},
         )
 
     def close(self) -> None:
