@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# pgbench comparison: PostgreSQL direct vs pgbouncer vs shadowproxy (old-only, dual-write).
+# pgbench comparison: PostgreSQL direct vs pgbouncer vs shadowproxy (old-only, dual-write in
+# sync and in async consistency).
 #
 # Everything runs on loopback against the PostgreSQL server on 127.0.0.1:${PG_PORT:-5432}
 # (trust auth, user postgres). The script
 #   1. installs pgbouncer from apt when it is missing and starts a private instance
 #      (session pooling, trust auth) on a free port in a temp dir;
 #   2. (re)creates databases bench_old and bench_new with `pgbench -i -s $SCALE`;
-#   3. starts `.venv/bin/shadowproxy serve` twice: mode old-only and mode dual-write;
+#   3. starts `.venv/bin/shadowproxy serve` three times: old-only, dual-write with
+#      SHADOW_MIRROR_CONSISTENCY=sync (dual-sync) and with async (dual-async);
 #   4. runs ROUNDS rounds of every workload against every target, rotating the target
 #      order, and records TPS and average latency in a raw CSV;
 #   5. around every dual-write write workload: copies bench_old into bench_new before
@@ -16,7 +18,7 @@
 #
 # Environment (defaults in brackets):
 #   SCALE [10]  DURATION [20] seconds per run  ROUNDS [2]  CLIENTS [8]  THREADS [2]
-#   TARGETS   ["direct pgbouncer old-only dual-write"]  any subset, any order
+#   TARGETS   ["direct pgbouncer old-only dual-sync dual-async"]  any subset, any order
 #   WORKLOADS ["select-simple select-extended select-prepared tpcb-extended"]
 #               select-simple   = -S -M simple      select-extended = -S -M extended
 #               select-prepared = -S -M prepared    tpcb-extended   = built-in tpcb-like, -M extended
@@ -43,7 +45,7 @@ DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
-TARGETS=${TARGETS:-direct pgbouncer old-only dual-write}
+TARGETS=${TARGETS:-direct pgbouncer old-only dual-sync dual-async}
 WORKLOADS=${WORKLOADS:-select-simple select-extended select-prepared tpcb-extended}
 PG_PORT=${PG_PORT:-5432}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-60}
@@ -73,8 +75,8 @@ read -r -a WORKLOAD_LIST <<<"$WORKLOADS"
 ((${#TARGET_LIST[@]} > 0)) || die "TARGETS is empty"
 ((${#WORKLOAD_LIST[@]} > 0)) || die "WORKLOADS is empty"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct | pgbouncer | old-only | dual-write) ;;
-    *) die "unknown target '$t' (direct pgbouncer old-only dual-write)" ;;
+    case $t in direct | pgbouncer | old-only | dual-sync | dual-async) ;;
+    *) die "unknown target '$t' (direct pgbouncer old-only dual-sync dual-async)" ;;
     esac
 done
 
@@ -102,7 +104,7 @@ has_target() {
 for cmd in pgbench psql pg_isready createdb dropdb python3; do
     command -v "$cmd" >/dev/null || die "'$cmd' not found on PATH"
 done
-if has_target old-only || has_target dual-write; then
+if has_target old-only || has_target dual-sync || has_target dual-async; then
     command -v curl >/dev/null || die "'curl' not found on PATH"
     [[ -x $SHADOWPROXY_BIN ]] || die "$SHADOWPROXY_BIN not found (run 'make' / pip install -e . first)"
 fi
@@ -272,7 +274,8 @@ EOF
 
 declare -A PROXY_PID=() PROXY_PORT=() PROXY_ADMIN=()
 start_proxy() {
-    local mode=$1 port=$2 admin=$3 dir=$WORK/proxy-$1
+    # target name, mode, consistency, ports
+    local target=$1 mode=$2 consistency=$3 port=$4 admin=$5 dir=$WORK/proxy-$1
     mkdir -p "$dir/journal"
     # Own working directory per instance, so nothing relative (state file, journal) is shared.
     (
@@ -283,24 +286,25 @@ start_proxy() {
             SHADOW_OLD_DSN="postgresql://$PGUSER_NAME@$HOST:$PG_PORT/$OLD_DB" \
             SHADOW_NEW_DSN="postgresql://$PGUSER_NAME@$HOST:$PG_PORT/$NEW_DB" \
             SHADOW_MODE="$mode" \
+            SHADOW_MIRROR_CONSISTENCY="$consistency" \
             SHADOW_JOURNAL_DIR="$dir/journal" \
             SHADOW_DIVERGENCE_LOG="$dir/div.jsonl" \
             "$SHADOWPROXY_BIN" serve
     ) >"$dir/proxy.log" 2>&1 &
-    PROXY_PID[$mode]=$!
-    PROXY_PORT[$mode]=$port
-    PROXY_ADMIN[$mode]=$admin
-    STARTED_PIDS+=("${PROXY_PID[$mode]}")
-    wait_ready "proxy $mode" "${PROXY_PID[$mode]}" "$port" "$admin" "$dir/proxy.log"
-    smoke_query "proxy $mode" "$port" "$dir/proxy.log"
-    log "proxy $mode (pid ${PROXY_PID[$mode]}) on $HOST:$port, admin $HOST:$admin"
+    PROXY_PID[$target]=$!
+    PROXY_PORT[$target]=$port
+    PROXY_ADMIN[$target]=$admin
+    STARTED_PIDS+=("${PROXY_PID[$target]}")
+    wait_ready "proxy $target" "${PROXY_PID[$target]}" "$port" "$admin" "$dir/proxy.log"
+    smoke_query "proxy $target" "$port" "$dir/proxy.log"
+    log "proxy $target: $mode, $consistency (pid ${PROXY_PID[$target]}) on $HOST:$port, admin $HOST:$admin"
 }
 
 target_port() {
     case $1 in
     direct) echo "$PG_PORT" ;;
     pgbouncer) echo "$PGB_PORT" ;;
-    old-only | dual-write) echo "${PROXY_PORT[$1]}" ;;
+    old-only | dual-sync | dual-async) echo "${PROXY_PORT[$1]}" ;;
     esac
 }
 
@@ -337,8 +341,8 @@ reset_new_from_old() {
     psql_db "$NEW_DB" -c 'CHECKPOINT'
 }
 
-# One checksum per table; pgbench_history has no key and a server-generated mtime, so it is
-# compared on count and (tid, bid, aid, delta). The keyed tables are hashed per block of
+# One checksum per table; pgbench_history has no key, so it is compared as a multiset of
+# whole rows, mtime (CURRENT_TIMESTAMP, pinned by the proxy) included. The keyed tables are hashed per block of
 # 100000 keys and the block hashes hashed again, which bounds memory at any scale (a single
 # string_agg over all accounts passes PostgreSQL's 1 GB value limit from about scale 80).
 table_checksum() {
@@ -349,8 +353,8 @@ table_checksum() {
     pgbench_tellers) pk=tid ;;
     esac
     if [[ $t == pgbench_history ]]; then
-        sql="SELECT count(*) || ' ' || coalesce(md5(string_agg(ROW(tid, bid, aid, delta)::text, ','
-                ORDER BY tid, bid, aid, delta)), '-') FROM pgbench_history"
+        sql="SELECT count(*) || ' ' || coalesce(md5(string_agg(ROW(tid, bid, aid, delta, mtime)::text,
+                ',' ORDER BY tid, bid, aid, delta, mtime)), '-') FROM pgbench_history"
     else
         sql="SELECT coalesce(md5(string_agg(h, ',' ORDER BY blk)), '-') FROM (
                 SELECT $pk / 100000 AS blk, md5(string_agg(t::text, ',' ORDER BY $pk)) AS h
@@ -436,15 +440,16 @@ run_one() {
 
 # --------------------------------------------------------------------------- main
 
-ports=$(free_ports 5)
-read -r PGB_PORT P_OLD P_OLD_ADMIN P_DUAL P_DUAL_ADMIN <<<"$ports"
+ports=$(free_ports 7)
+read -r PGB_PORT P_OLD P_OLD_ADMIN P_SYNC P_SYNC_ADMIN P_ASYNC P_ASYNC_ADMIN <<<"$ports"
 PGB_VERSION="pgbouncer not used"
 
 log "work dir: $WORK"
 setup_databases
 has_target pgbouncer && start_pgbouncer
-has_target old-only && start_proxy old-only "$P_OLD" "$P_OLD_ADMIN"
-has_target dual-write && start_proxy dual-write "$P_DUAL" "$P_DUAL_ADMIN"
+has_target old-only && start_proxy old-only old-only sync "$P_OLD" "$P_OLD_ADMIN"
+has_target dual-sync && start_proxy dual-sync dual-write sync "$P_SYNC" "$P_SYNC_ADMIN"
+has_target dual-async && start_proxy dual-async dual-write async "$P_ASYNC" "$P_ASYNC_ADMIN"
 
 n_targets=${#TARGET_LIST[@]}
 total_s=$((ROUNDS * ${#WORKLOAD_LIST[@]} * n_targets * DURATION))
@@ -458,16 +463,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for ((i = 0; i < n_targets; i++)); do
             target=${TARGET_LIST[$(((offset + i) % n_targets))]}
             mirrored=0
-            if [[ $target == dual-write ]] && is_write_workload "$workload"; then
+            if [[ $target == dual-* ]] && is_write_workload "$workload"; then
                 mirrored=1
-                wait_drained dual-write || RUN_FAILURES=$((RUN_FAILURES + 1))
-                log "copying $OLD_DB into $NEW_DB before the dual-write $workload run"
+                wait_drained "$target" || RUN_FAILURES=$((RUN_FAILURES + 1))
+                log "copying $OLD_DB into $NEW_DB before the $target $workload run"
                 reset_new_from_old
             fi
             run_one "$round" "$workload" "$target"
             if ((mirrored)); then
                 EQUALITY_CHECKS=$((EQUALITY_CHECKS + 1))
-                wait_drained dual-write || RUN_FAILURES=$((RUN_FAILURES + 1))
+                wait_drained "$target" || RUN_FAILURES=$((RUN_FAILURES + 1))
                 check_equal "round $round $workload" || DIVERGENCES=$((DIVERGENCES + 1))
             fi
         done
@@ -495,7 +500,7 @@ elif ((DIVERGENCES == 0)); then
 else
     echo "Equality check: DIFFERENT after $DIVERGENCES of $EQUALITY_CHECKS dual-write write run(s) (see $EQUALITY_CSV)."
 fi
-for mode in old-only dual-write; do
+for mode in old-only dual-sync dual-async; do
     has_target "$mode" || continue
     div="$WORK/proxy-$mode/div.jsonl"
     echo "Proxy $mode divergence log: $( [[ -f $div ]] && wc -l <"$div" || echo 0) event(s) ($div)"
