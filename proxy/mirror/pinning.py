@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums import AlterTableType, OnConflictAction
+from pglast.enums import AlterTableType, ConstrType, OnConflictAction
 from pglast.stream import RawStream
 
 from proxy.mirror.unit import Item, ItemKind
@@ -125,12 +125,25 @@ def _is_volatile(node: Any) -> bool:
             continue
         if isinstance(n, ast.SQLValueFunction):
             return True
+        if isinstance(n, ast.TypeCast) and _special_time_literal(n.arg):
+            return True
         if isinstance(n, ast.FuncCall):
             name = _children_of(n)["funcname"][-1].sval.lower()
             if name not in _DETERMINISTIC:
                 return True
         stack.extend(_children_of(n).values())
     return False
+
+
+# Date/time input strings each store reads from its own clock ('now'::timestamptz).
+_CLOCK_WORDS = frozenset(("now", "today", "tomorrow", "yesterday"))
+
+
+def _special_time_literal(arg: Any) -> bool:
+    if not isinstance(arg, ast.A_Const) or arg.isnull:
+        return False
+    val = arg.val
+    return isinstance(val, ast.String) and (val.sval or "").strip().lower() in _CLOCK_WORDS
 
 
 def _children_of(n: Any) -> dict[str, Any]:
@@ -141,6 +154,19 @@ def _children_of(n: Any) -> dict[str, Any]:
         if isinstance(value, (ast.Node, list, tuple)):
             out[slot] = value
     return out
+
+
+_SERIALS = frozenset(("serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"))
+
+
+def _numbers_rows(coldef: Any) -> bool:
+    """An added column whose value for the existing rows each store makes up."""
+    if _is_volatile(coldef):
+        return True
+    names = [n.sval for n in coldef.typeName.names] if coldef.typeName is not None else []
+    if names and names[-1] in _SERIALS:
+        return True
+    return any(c.contype == ConstrType.CONSTR_IDENTITY for c in coldef.constraints or ())
 
 
 def default_is_volatile(expr: str) -> bool:
@@ -196,7 +222,7 @@ def analyze(sql: str, catalog: Catalog) -> Plan | Unpinnable | None:
         # ADD COLUMN ... DEFAULT now() / gen_random_uuid() fills the existing rows
         # with values of each store's own; other DDL writes no row.
         for cmd in stmt.cmds or ():
-            if cmd.subtype == AlterTableType.AT_AddColumn and _is_volatile(cmd.def_):
+            if cmd.subtype == AlterTableType.AT_AddColumn and _numbers_rows(cmd.def_):
                 return Unpinnable("ADD COLUMN with a generated default fills existing rows")
         return None
     into = isinstance(stmt, ast.CreateTableAsStmt) or (
@@ -211,7 +237,11 @@ def _insert(stmt: Any, catalog: Catalog) -> Plan | Unpinnable | None:
     rel = stmt.relation
     table = catalog.find(rel.schemaname, rel.relname)
     named = [c.name for c in stmt.cols or ()]
-    volatile = _is_volatile(stmt.selectStmt) if stmt.selectStmt is not None else False
+    volatile = (
+        (stmt.selectStmt is not None and _is_volatile(stmt.selectStmt))
+        or (stmt.withClause is not None and _is_volatile(stmt.withClause))
+        or (stmt.onConflictClause is not None and _is_volatile(stmt.onConflictClause))
+    )
     if table is None:
         return Unpinnable("table not in the mirror store's catalog") if volatile else None
     if not volatile:
@@ -225,8 +255,6 @@ def _insert(stmt: Any, catalog: Catalog) -> Plan | Unpinnable | None:
         volatile = bool(omitted) or (
             bool(table.volatile_defaults) and _has_set_to_default(stmt.selectStmt)
         )
-    if stmt.onConflictClause is not None and _is_volatile(stmt.onConflictClause):
-        volatile = True
     if not volatile:
         return None
     if stmt.withClause is not None:
@@ -282,11 +310,17 @@ def _has_star(node: Any) -> bool:
 
 def _plan(stmt: Any, shape: Shape, rel: Any, table: Table, conflict: tuple[str, ...]) -> Plan:
     alias = rel.alias.aliasname if rel.alias is not None else rel.relname
-    star = ast.ColumnRef(fields=(ast.String(sval=alias), ast.A_Star()))
+    # The table's columns by name, in the mirror store's catalog order: the row
+    # image lines up with the mirror's columns even if the stores order them
+    # differently.
+    image = tuple(
+        ast.ResTarget(val=ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=c))))
+        for c in table.columns
+    )
     marker = ast.ResTarget(name=MARKER, val=ast.A_Const(isnull=True))
     clause = stmt.returningClause
     client = tuple(clause.exprs) if clause is not None and clause.exprs else ()
-    stmt.returningClause = ast.ReturningClause(exprs=(*client, marker, ast.ResTarget(val=star)))
+    stmt.returningClause = ast.ReturningClause(exprs=(*client, marker, *image))
     return Plan(
         shape=shape,
         sql=RawStream()(stmt),
@@ -324,7 +358,7 @@ def image_items(plan: Plan, table: Table, rows: list[list[bytes | None]], fmt: i
     head = f"INSERT INTO {_target(plan)} ({', '.join(map(_ident, cols))}) OVERRIDING SYSTEM VALUE VALUES "
     tail = ""
     if plan.shape is Shape.UPSERT:
-        updates = [c for c in cols if c not in plan.conflict]
+        updates = [c for c in cols if c not in plan.conflict and c not in table.always]
         action = (
             "UPDATE SET " + ", ".join(f"{_ident(c)} = EXCLUDED.{_ident(c)}" for c in updates)
             if updates
@@ -373,6 +407,8 @@ def _by_key(
         ]
         n = len(table.key)
         assign = ", ".join(f"{_ident(table.columns[i])} = ${n + j + 1}" for j, i in enumerate(sets))
+        if not sets:  # nothing but the key to write: still touch the row (same rowcount)
+            assign = f"{_ident(table.key[0])} = {_ident(table.key[0])}"
         sql = f"UPDATE {_target(plan)} SET {assign} WHERE {where}"
         tag = "UPDATE 1"
         pick = key_at + sets

@@ -139,6 +139,20 @@ class Recorder:
         else:
             self._pins.pop(e.name, None)
 
+    def learn_statement(self, name: str, sql: str, param_oids: list[int]) -> None:
+        """A statement the client prepared before this session mirrored."""
+        body = (
+            sql.encode("utf-8", "surrogateescape")
+            + b"\0"
+            + len(param_oids).to_bytes(2, "big")
+            + b"".join(o.to_bytes(4, "big") for o in param_oids)
+        )
+        self.parse(ev.Parse(b"", name, sql, body))
+        if isinstance(self._pins.get(name), Plan):
+            # Prepared without the pinning RETURNING: its generated values cannot be
+            # captured; reported at each use rather than guessed.
+            self._pins[name] = Unpinnable("statement prepared before the session mirrored")
+
     def statement_pin(self, name: str) -> Plan | Unpinnable | None:
         return self._pins.get(name)
 

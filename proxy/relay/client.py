@@ -28,6 +28,7 @@ from proxy.mirror.recorder import Recorder
 from proxy.mirror.unit import Unit
 from proxy.relay.lockstep import ENDING, Internal, LockStep
 from proxy.relay.upstream import UpstreamProtocol
+from proxy.routing import Mode
 from proxy.wire.pg import (
     BOUNDARIES,
     OUTCOMES,
@@ -86,6 +87,7 @@ class ClientSession(asyncio.Protocol):
         self.batch_started = 0.0
         self.deadline: asyncio.TimerHandle | None = None
         self.store = server.mode.authoritative.value
+        self.mode = server.mode  # applied at transaction boundaries (see _apply_mode)
         self.tls = False
         self.stats = server.statement_counters(self.store)
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
@@ -109,6 +111,13 @@ class ClientSession(asyncio.Protocol):
             self._fail("57014", "canceling authentication due to timeout")
 
     def data_received(self, data: bytes) -> None:
+        if (
+            self.mode is not self.server.mode
+            and self.status == _IDLE
+            and not self.outstanding
+            and self.phase == READY
+        ):  # an idle session takes a new mode before its next request
+            self._apply_mode()
         frames = self.frames
         if frames is not None:  # nothing mirrored: bytes untouched, headers checked
             upstream = self.upstream
@@ -394,8 +403,45 @@ class ClientSession(asyncio.Protocol):
             self.lockstep.completed(c)
 
     def at_boundary(self) -> None:
-        if self.status == _IDLE and self.server.draining and not self.outstanding:
-            self.shutdown_now()
+        if self.status == _IDLE and not self.outstanding:
+            if self.server.draining:
+                self.shutdown_now()
+            elif self.mode is not self.server.mode:
+                self._apply_mode()
+
+    # -- mode changes ------------------------------------------------------------------
+
+    def _apply_mode(self) -> None:
+        """At a transaction boundary: start or stop mirroring as the new mode says.
+
+        Only the mirroring changes inside a session; a mode that moves the
+        authoritative store is refused by the server before it reaches here.
+        Deferred to the next boundary while a request is half-read.
+        """
+        mode = self.server.mode
+        wants = mode.mirror_store is not None and self.server.mirror_manager is not None
+        if wants and not self.recorder.mirroring:
+            if self.frames is not None and not self.frames.at_boundary:
+                return
+            self.frames = None  # the parser (past startup, its buffer empty) reads on
+            self._open_mirror(mode)
+            if self.lockstep is not None:
+                self.lockstep.learn()
+        elif not wants and self.recorder.mirroring:
+            lockstep = self.lockstep
+            if lockstep is not None and (lockstep.held or lockstep.filtering):
+                return
+            if self.mirror is not None:
+                self.mirror.close()  # its queue is still applied
+                self.mirror = None
+            self.recorder.mirroring = False
+            self.lockstep = None
+            self.scanner.tracked = BOUNDARIES
+            rest = self.parser.take_buffer()
+            self.frames = FrameChecker(self.server.settings.max_message_size)
+            if rest:
+                self.data_received(rest)
+        self.mode = mode
 
     def _ready(self, status: int) -> None:
         """ReadyForQuery: a request batch ended; a transaction boundary if idle."""
@@ -405,8 +451,11 @@ class ClientSession(asyncio.Protocol):
         self.latency.observe(now - self.batch_started)
         if self.outstanding:
             self.batch_started = now
-        if status == _IDLE and self.server.draining and not self.outstanding:
-            self.shutdown_now()
+        if status == _IDLE and not self.outstanding:
+            if self.server.draining:
+                self.shutdown_now()
+            elif self.mode is not self.server.mode:
+                self._apply_mode()
 
     def _auth_data(self, data: bytes) -> None:
         msgs, rest = split_messages(self.auth_buf + data)
@@ -452,9 +501,10 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and out:
             self.transport.write(b"".join(out))
 
-    def _open_mirror(self) -> None:
+    def _open_mirror(self, mode: Mode | None = None) -> None:
         manager = self.server.mirror_manager
-        if manager is None or self.server.mode.mirror_store is None or self.startup is None:
+        mode = mode or self.server.mode
+        if manager is None or mode.mirror_store is None or self.startup is None:
             return
         params = {
             k: v for k, v in self.startup.params if k not in ("user", "database", "replication")

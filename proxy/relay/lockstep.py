@@ -49,6 +49,7 @@ from proxy.wire.pg._rows import (
     bind_result_formats,
     bind_with_result_formats,
     data_row_split,
+    data_row_values,
     row_description_cut,
 )
 from proxy.wire.pg._tracker import D, Q
@@ -68,6 +69,17 @@ class Internal:
 
 BEGIN_TOKEN = Internal("begin")
 END_TOKEN = Internal("end")
+# A session that starts mirroring mid-life (old-only -> dual-write) learns what it
+# did before from the store: its prepared statements and its SETs.
+STATEMENTS_TOKEN = Internal("statements")
+SETTINGS_TOKEN = Internal("settings")
+_LEARN_STATEMENTS = m.query(
+    "SELECT name, statement, from_sql, parameter_types::oid[]::text FROM pg_prepared_statements"
+)
+_LEARN_SETTINGS = m.query(
+    "SELECT format('SELECT set_config(%L, %L, false)', name, setting)"
+    " FROM pg_settings WHERE source = 'session'"
+)
 
 
 class PinDescribe(Internal):
@@ -87,15 +99,17 @@ _IDLE = ord("I")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
 _HELD_MAX = 10_000  # events held from the client before its socket stops being read
 
-FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG = range(6)
+FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG, LEARNING = range(7)
 NONE, SYNC, COMMIT, AUTOCOMMIT = range(4)
 
 # Statements PostgreSQL refuses inside a transaction block: never wrapped.
 _NO_TXN_BLOCK = re.compile(
-    r"^\s*(vacuum|create\s+database|drop\s+database|create\s+tablespace|drop\s+tablespace"
+    r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*"  # leading blanks and comments
+    r"(vacuum|create\s+database|drop\s+database|create\s+tablespace|drop\s+tablespace"
     r"|alter\s+system|alter\s+database\s+\S+\s+set\s+tablespace"
-    r"|(create|drop)\s+index\s+concurrently|(create\s+unique|create)\s+index\s+concurrently"
-    r"|reindex\s.*\bconcurrently\b)",
+    r"|(create|drop)\s+(unique\s+)?index\s+concurrently"
+    r"|reindex\s.*\bconcurrently\b|reindex\s+(\(.*?\)\s*)?(schema|database|system)\b"
+    r"|cluster\s*(;|$|\(|verbose\s*(;|$)))",
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -148,6 +162,7 @@ class LockStep:
         "_pre",
         "_raw_skip",
         "_asked",
+        "_learned",
     )
 
     def __init__(self, session: ClientSession) -> None:
@@ -173,6 +188,7 @@ class LockStep:
         self._pre = 0  # bytes at the start of _fbuf already relayed (scanner hand-over)
         self._raw_skip = 0  # bytes of a message already partly relayed, to pass on as is
         self._asked: dict[str, int] = {}  # table -> catalog version a refresh was asked at
+        self._learned: list[list[bytes | None]] = []
 
     @property
     def busy(self) -> bool:
@@ -494,6 +510,35 @@ class LockStep:
         if up is not None and up.transport is not None and not up.transport.is_closing():
             up.transport.write(m.TERMINATE)
 
+    # -- starting to mirror mid-session ---------------------------------------------------
+
+    def learn(self) -> None:
+        """Ask the store for the session's prepared statements and SETs; hold the
+        client's requests until the answers are in (the session is idle)."""
+        s = self.s
+        assert s.upstream is not None and s.upstream.transport is not None
+        self.state = LEARNING
+        self._watch(s.tracker.request(Q, STATEMENTS_TOKEN))
+        self._watch(s.tracker.request(Q, SETTINGS_TOKEN))
+        s.upstream.transport.write(_LEARN_STATEMENTS + _LEARN_SETTINGS)
+
+    def _learned_answer(self, token: Internal) -> None:
+        rows, self._learned = self._learned, []
+        rec = self.s.recorder
+        if token is STATEMENTS_TOKEN:
+            for name, statement, from_sql, types in rows:
+                if name is None or statement is None:
+                    continue
+                if from_sql == b"t":  # SQL PREPARE: replayed as it was sent
+                    rec.prelude.append(statement.decode())
+                    continue
+                oids = [int(x) for x in (types or b"{}").decode().strip("{}").split(",") if x]
+                rec.learn_statement(name.decode(), statement.decode(), oids)
+            return
+        rec.prelude.extend(r[0].decode() for r in rows if r[0] is not None)
+        self.state = FLOWING
+        self._pump()
+
     # -- answers -----------------------------------------------------------------------
 
     def completed(self, c: Completion) -> None:
@@ -521,8 +566,12 @@ class LockStep:
             self._pump()
 
     def internal_done(self, c: Completion) -> None:
-        """An answer to the proxy's own BEGIN / COMMIT / ROLLBACK."""
-        if c.request.token is not END_TOKEN:
+        """An answer to the proxy's own BEGIN / COMMIT / ROLLBACK / questions."""
+        token = c.request.token
+        if token is STATEMENTS_TOKEN or token is SETTINGS_TOKEN:
+            self._learned_answer(token)
+            return
+        if token is not END_TOKEN:
             return
         s = self.s
         committed = c.request.error is None and "COMMIT" in c.request.tags
@@ -586,6 +635,10 @@ class LockStep:
         """One answer to ``head``: relayed, rewritten or hidden."""
         token = head.token
         if token is BEGIN_TOKEN:
+            return
+        if token is STATEMENTS_TOKEN or token is SETTINGS_TOKEN:
+            if t == 0x44:
+                self._learned.append(data_row_values(raw[5:]))
             return
         if token is END_TOKEN:
             if t == 0x43:  # COMMIT/ROLLBACK: the client's own tag goes out instead

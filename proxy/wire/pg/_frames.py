@@ -30,6 +30,11 @@ class FrameChecker:
         if buffered:
             self.feed(buffered)
 
+    @property
+    def at_boundary(self) -> bool:
+        """No message is half-read: another reader can take the stream from here."""
+        return not self._head and not self._skip
+
     def _check(self, t: int, length: int) -> None:
         if t not in _VALID:
             raise ProtocolError(f"invalid frontend message type {t}")

@@ -8,9 +8,35 @@ result-format codes of a Bind body.  Values are never decoded.
 
 from __future__ import annotations
 
-from struct import Struct
+from collections.abc import Callable
+from functools import wraps
+from struct import Struct, error
+from typing import ParamSpec, TypeVar
 
 from proxy.wire.pg._errors import ProtocolError
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _checked(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A body shorter than its own counts and lengths is a protocol error."""
+
+    @wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except (error, ValueError, IndexError) as exc:
+            raise ProtocolError(f"malformed message body: {exc}") from None
+
+    return run
+
+
+def _end(body: bytes, start: int, length: int) -> int:
+    end = start if length < 0 else start + length
+    if end > len(body):
+        raise ProtocolError("value runs past the end of the message")
+    return end
 
 _I16 = Struct("!h")
 _U16 = Struct("!H")
@@ -22,6 +48,7 @@ def _msg(t: bytes, body: bytes) -> bytes:
     return t + _I32.pack(len(body) + 4) + body
 
 
+@_checked
 def data_row_split(body: bytes, keep: int) -> tuple[bytes, list[bytes | None]]:
     """A DataRow body -> (the DataRow message of its first ``keep`` columns,
     the values after column ``keep`` (the marker), None for NULL)."""
@@ -34,7 +61,7 @@ def data_row_split(body: bytes, keep: int) -> tuple[bytes, list[bytes | None]]:
     for i in range(n):
         length = _I32.unpack_from(body, pos)[0]
         start = pos + 4
-        end = start if length < 0 else start + length
+        end = _end(body, start, length)
         if i == keep:
             cut = pos
         elif i > keep:
@@ -43,6 +70,24 @@ def data_row_split(body: bytes, keep: int) -> tuple[bytes, list[bytes | None]]:
     return _msg(b"D", _U16.pack(keep) + body[2:cut]), values
 
 
+@_checked
+def data_row_values(body: bytes) -> list[bytes | None]:
+    """Every value of a DataRow body, None for NULL."""
+    n = _U16.unpack_from(body, 0)[0]
+    pos = 2
+    values: list[bytes | None] = []
+    for _ in range(n):
+        length = _I32.unpack_from(body, pos)[0]
+        pos += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(body[pos : _end(body, pos, length)])
+            pos += length
+    return values
+
+
+@_checked
 def row_description_cut(body: bytes, marker: str) -> tuple[int, bytes]:
     """A RowDescription body -> (index of the ``marker`` column, the message
     describing only the columns before it)."""
@@ -57,6 +102,7 @@ def row_description_cut(body: bytes, marker: str) -> tuple[int, bytes]:
     raise ProtocolError("pinned statement without its marker column")
 
 
+@_checked
 def bind_result_formats(body: bytes) -> tuple[int, list[int]]:
     """A Bind body after the names -> (offset of its result-format count, codes)."""
     pos = 0
@@ -66,8 +112,10 @@ def bind_result_formats(body: bytes) -> tuple[int, list[int]]:
     pos += 2
     for _ in range(nparams):
         length = _I32.unpack_from(body, pos)[0]
-        pos += 4 + max(length, 0)
+        pos = _end(body, pos + 4, length)
     nres = _U16.unpack_from(body, pos)[0]
+    if pos + 2 + 2 * nres > len(body):
+        raise ProtocolError("result formats run past the end of the Bind")
     codes = [_I16.unpack_from(body, pos + 2 + 2 * i)[0] for i in range(nres)]
     return pos, codes
 
