@@ -192,6 +192,21 @@ SEQUENCES_ADVANCED = Counter(
     "Mirror-store sequences moved forward to the authoritative store's value.",
     registry=REGISTRY,
 )
+SHADOW_READS = Counter(
+    "shadowproxy_shadow_reads_total",
+    "Sampled autocommit reads re-run on the other store, by outcome (match, mismatch, "
+    "transient, shed, error).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SHADOW_READ_LATENCY = Histogram(
+    "shadowproxy_shadow_read_latency_seconds",
+    "Latency of the same sampled read on each store (store = old/new), per statement "
+    "fingerprint (the first 50, then other).",
+    ["store", "fingerprint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+    registry=REGISTRY,
+)
 DIVERGENCES = Counter(
     "shadowproxy_divergences_total",
     "Divergences detected between the stores, by kind (rowcount, error, unmirrorable, ...).",

@@ -202,6 +202,10 @@ class Settings(BaseSettings):
     mirror_sync_timeout: float = 5.0
     # Seconds between runs advancing the mirror store's sequences to the authoritative ones.
     sequence_sync_interval: float = 2.0
+    # Fraction of autocommit reads also run on the other store in shadow-read modes.
+    shadow_read_fraction: float = 0.1
+    # Shadow reads in flight (all sessions) before new samples are shed.
+    shadow_read_max_inflight: int = 16
     mirror_queue_max_units: int = 10_000
     mirror_queue_max_bytes: int = 64 * MIB
     mirror_connect_timeout: float = 5.0
@@ -294,6 +298,7 @@ class Settings(BaseSettings):
         "mirror_apply_timeout",
         "mirror_sync_timeout",
         "sequence_sync_interval",
+        "shadow_read_max_inflight",
         "startup_timeout",
         "control_poll_interval",
         "control_compare_max_age",
@@ -304,7 +309,7 @@ class Settings(BaseSettings):
             raise ValueError("must be > 0")
         return value
 
-    @field_validator("control_shadow_mismatch_max")
+    @field_validator("control_shadow_mismatch_max", "shadow_read_fraction")
     @classmethod
     def _fraction(cls, value: float) -> float:
         if not 0 <= value <= 1:

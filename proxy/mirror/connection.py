@@ -110,6 +110,22 @@ class MirrorConnection:
                 elif code != 0:
                     raise ProtocolError(f"unsupported authentication request {code}")
 
+    # -- raw access for shadow reads (proxy/relay/shadow.py) ---------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._writer is None:
+            raise MirrorUnavailable("connection is closed")
+        self._writer.write(data)
+
+    async def read_message(self) -> tuple[int, bytes]:
+        """The next backend message (type, body)."""
+        return await self._read_message()
+
+    async def run_prelude(self, prelude: tuple[str, ...]) -> None:
+        if self.fresh and prelude:
+            await self._run_prelude(prelude)
+        self.fresh = False
+
     def close(self) -> None:
         if self._writer is not None:
             try:

@@ -192,6 +192,13 @@ class Recorder:
         self._executed[e.portal] = item
         return kind, (item, kind, e.max_rows)
 
+    def portal_read(self, portal: str) -> tuple[str, bytes, bytes] | None:
+        """(sql, Parse body, Bind body) of a portal bound to a read, else None."""
+        p = self._portals.get(portal)
+        if p is None or p[3] is not Kind.READ:
+            return None
+        return p[0], p[1], p[2]
+
     def portal_sql(self, portal: str) -> str | None:
         p = self._portals.get(portal)
         return p[0] if p is not None else None

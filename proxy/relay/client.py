@@ -535,6 +535,8 @@ class ClientSession(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.phase = CLOSED
+        if self.lockstep is not None and self.lockstep.shadow is not None:
+            self.lockstep.shadow.close()
         if self.mirror is not None:
             self.mirror.close()
             self.mirror = None

@@ -41,6 +41,7 @@ from proxy import metrics
 from proxy.classify import Kind, _next_word, _statements, classify, fingerprint, tables_of
 from proxy.mirror.pinning import MARKER, Plan
 from proxy.mirror.unit import Unit
+from proxy.relay.shadow import SessionShadow, ShadowRead
 from proxy.wire.pg import OUTCOMES, Completion, Request, split_messages
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
@@ -163,6 +164,8 @@ class LockStep:
         "_raw_skip",
         "_asked",
         "_learned",
+        "_shadows",
+        "shadow",
     )
 
     def __init__(self, session: ClientSession) -> None:
@@ -189,6 +192,8 @@ class LockStep:
         self._raw_skip = 0  # bytes of a message already partly relayed, to pass on as is
         self._asked: dict[str, int] = {}  # table -> catalog version a refresh was asked at
         self._learned: list[list[bytes | None]] = []
+        self._shadows: dict[int, ShadowRead] = {}  # id(request) -> its shadow read
+        self.shadow: SessionShadow | None = None
 
     @property
     def busy(self) -> bool:
@@ -217,6 +222,8 @@ class LockStep:
         s._track_requests([e])
         self._note(e)
         cls = type(e)
+        if (cls is ev.Query or cls is ev.Execute) and s.mode.shadow_reads and not self.block:
+            self._sample(e)
         if cls is ev.Query or cls is ev.Execute:
             req = s.tracker.tail
             token = req.token if req is not None else None
@@ -246,6 +253,31 @@ class LockStep:
             if isinstance(pin, Plan):
                 self._watch(s.tracker.request(D, PinDescribe(pin)))
         batch.append(e.raw)
+
+    def _sample(self, e: Any) -> None:
+        """Maybe shadow this autocommit read (see shadow.py)."""
+        s = self.s
+        reader = s.server.shadow_reader
+        req = s.tracker.tail
+        if reader is None or req is None or s.mirror is None:
+            return
+        if self.shadow is not None and self.shadow.busy:
+            return  # one at a time per session
+        if type(e) is ev.Query:
+            if classify(e.sql) is not Kind.READ:
+                return
+            sr = reader.sample(e.sql, None, None)
+        else:
+            found = s.recorder.portal_read(e.portal)
+            if found is None or e.max_rows:
+                return  # not a read, or a cursor fetching part of its rows
+            sr = reader.sample(*found)
+        if sr is not None:
+            if self.shadow is None:
+                self.shadow = SessionShadow(reader, s.mirror.params, s.id)
+            self.shadow.busy = True
+            self._shadows[id(req)] = sr
+            self._watch(req)
 
     def _pinned_bind(self, e: ev.Bind) -> bytes | None:
         """Record the Bind; for a pinned statement, say the format its table
@@ -629,10 +661,32 @@ class LockStep:
             for c in tracker.response(t, raw[5:]):
                 if special:
                     special.discard(id(c.request))
+                if self._shadows:
+                    self._shadow_done(c)
                 self.s.completed(c)
+
+    def _shadow_done(self, c: Completion) -> None:
+        sr = self._shadows.pop(id(c.request), None)
+        if sr is None or self.shadow is None:
+            return
+        s = self.s
+        if c.request.error is not None or c.request.skipped:
+            self.shadow.reader.abandon()
+            self.shadow.busy = False
+            return
+        s.server.spawn(self.shadow.run(sr, tuple(s.recorder.prelude)))
 
     def _relay(self, t: int, raw: bytes, head: Request, out: list[bytes]) -> None:
         """One answer to ``head``: relayed, rewritten or hidden."""
+        if self._shadows:
+            sr = self._shadows.get(id(head))
+            if sr is not None:  # looked at, relayed as it is
+                if t == 0x44:
+                    sr.digest.add(raw[5:])
+                elif t == 0x54:
+                    sr.digest.describe(raw[5:])
+                out.append(raw)
+                return
         token = head.token
         if token is BEGIN_TOKEN:
             return

@@ -24,6 +24,7 @@ TERMINATE = b"X\x00\x00\x00\x04"
 COPY_DONE = b"c\x00\x00\x00\x04"
 AUTH_OK = b"R\x00\x00\x00\x08\x00\x00\x00\x00"
 EXECUTE_UNNAMED_ALL = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"
+DESCRIBE_PORTAL_UNNAMED = b"D\x00\x00\x00\x06P\x00"
 
 
 def error_response(sqlstate: str, message: str, severity: str = "FATAL") -> bytes:

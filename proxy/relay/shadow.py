@@ -1,0 +1,309 @@
+"""Shadow reads: a sample of autocommit reads also runs on the other store, compared.
+
+How this works: in a mode with shadow reads (``shadow-read``), each session
+samples its autocommit reads (SHADOW_SHADOW_READ_FRACTION).  The answers to a
+sampled read are looked at on their way to the client, never changed or
+delayed: column names and types from RowDescription, the row count, and a
+digest of the DataRows (a sum of row hashes, order-insensitive, or a chained
+hash when the statement sorts).  Once the read completes, a background task
+runs the same statement -- same text, same parameter and result formats -- on
+the other store through the session's own shadow connection (the mirror
+store's credentials, the session's settings) and digests its answer the same
+way.  A difference is checked once more on both stores (a write may have
+landed between the two reads); one that persists is a ``read`` divergence with
+the statement's fingerprint.  Both stores' latencies are recorded per
+fingerprint: the performance parity table of /status and the
+``shadowproxy_shadow_read_latency_seconds`` histogram.  When too many shadow
+reads are in flight, new samples are shed and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from proxy import metrics
+from proxy.classify import fingerprint
+from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
+from proxy.wire.pg import ProtocolError, error_fields
+from proxy.wire.pg import messages as m
+
+if TYPE_CHECKING:
+    from proxy.mirror.manager import MirrorManager
+    from proxy.mirror.sequences import Endpoint
+
+log = logging.getLogger(__name__)
+
+_MASK = (1 << 64) - 1
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+_MAX_FINGERPRINTS = 50  # label values: the first 50 fingerprints, then "other"
+_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class Digest:
+    ordered: bool
+    columns: list[tuple[bytes, int]] = field(default_factory=list)  # (name, type oid)
+    rows: int = 0
+    acc: int = 0
+    error: str = ""
+
+    def describe(self, body: bytes) -> None:
+        n = int.from_bytes(body[:2], "big")
+        pos = 2
+        cols = []
+        for _ in range(n):
+            nul = body.index(b"\0", pos)
+            oid = int.from_bytes(body[nul + 7 : nul + 11], "big")
+            # Types created on each store get their own OIDs: compare built-in ones only.
+            cols.append((body[pos:nul], oid if oid < 16384 else 0))
+            pos = nul + 19
+        self.columns = cols
+
+    def add(self, row: bytes) -> None:
+        self.rows += 1
+        h = hash(row)
+        self.acc = hash((self.acc, h)) if self.ordered else (self.acc + h) & _MASK
+
+    def same(self, other: Digest) -> bool:
+        # An extended-protocol client may not have described its portal: its
+        # answer then has no RowDescription to compare.
+        return (
+            self.error == other.error
+            and (not self.columns or not other.columns or self.columns == other.columns)
+            and self.rows == other.rows
+            and self.acc == other.acc
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "columns": [c.decode("utf-8", "replace") for c, _ in self.columns],
+        }
+
+
+@dataclass(slots=True)
+class ShadowRead:
+    sql: str
+    parse_body: bytes | None  # extended protocol: the client's Parse and Bind bodies
+    bind_body: bytes | None
+    digest: Digest
+    started: float = field(default_factory=perf_counter)
+
+
+class Parity:
+    """Latency of the same statements on both stores, per fingerprint."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, tuple[deque[float], deque[float]]] = {}
+
+    def label(self, fp: str) -> str:
+        if fp in self.samples or len(self.samples) < _MAX_FINGERPRINTS:
+            return fp
+        return "other"
+
+    def record(self, fp: str, authoritative: float, other: float, stores: tuple[str, str]) -> None:
+        label = self.label(fp)
+        old, new = self.samples.setdefault(label, (deque(maxlen=500), deque(maxlen=500)))
+        old.append(authoritative)
+        new.append(other)
+        metrics.SHADOW_READ_LATENCY.labels(stores[0], label).observe(authoritative)
+        metrics.SHADOW_READ_LATENCY.labels(stores[1], label).observe(other)
+
+    def table(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for fp, (a, b) in self.samples.items():
+            if not a:
+                continue
+            rows.append(
+                {
+                    "fingerprint": fp,
+                    "samples": len(a),
+                    "read_store_p50_ms": _pct(a, 0.5),
+                    "read_store_p99_ms": _pct(a, 0.99),
+                    "shadow_store_p50_ms": _pct(b, 0.5),
+                    "shadow_store_p99_ms": _pct(b, 0.99),
+                }
+            )
+        # The statements the shadow store is slowest at, relative to the read store, first.
+        rows.sort(
+            key=lambda r: (
+                float(r["shadow_store_p99_ms"]) / max(float(r["read_store_p99_ms"]), 1e-6)
+            ),
+            reverse=True,
+        )
+        return rows[:limit]
+
+
+def _pct(values: deque[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+
+class ShadowReader:
+    """Samples, runs and compares shadow reads for every session of a proxy."""
+
+    def __init__(
+        self,
+        manager: MirrorManager,
+        read_store: Endpoint,
+        fraction: float,
+        max_inflight: int,
+        divergences: Any,
+    ) -> None:
+        self.manager = manager
+        self.read_store = read_store  # for the re-check: the store that answered the client
+        self.fraction = fraction
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.divergences = divergences
+        self.parity = Parity()
+        self.counts: dict[str, int] = {}
+        self._random = random.Random()
+
+    def sample(
+        self, sql: str, parse_body: bytes | None, bind_body: bytes | None
+    ) -> ShadowRead | None:
+        if self.fraction <= 0 or self._random.random() >= self.fraction:
+            return None
+        if self.inflight >= self.max_inflight:
+            self._count("shed")
+            return None
+        self.inflight += 1
+        ordered = bool(_ORDER_BY.search(sql))
+        return ShadowRead(sql, parse_body, bind_body, Digest(ordered))
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        metrics.SHADOW_READS.labels(outcome).inc()
+
+    def abandon(self) -> None:
+        self.inflight -= 1
+
+    async def compare(
+        self, sr: ShadowRead, conn: MirrorConnection, prelude: tuple[str, ...], session: int
+    ) -> None:
+        """Background: run ``sr`` on the other store and compare (releases the slot)."""
+        elapsed = perf_counter() - sr.started
+        try:
+            await conn.run_prelude(prelude)
+            started = perf_counter()
+            theirs = await run_read(conn, sr)
+            other = perf_counter() - started
+            fp = fingerprint(sr.sql)
+            self.parity.record(fp, elapsed, other, ("old", "new"))
+            if sr.digest.same(theirs):
+                self._count("match")
+                return
+            # A write may have landed between the two reads: ask both stores again.
+            again_ours = await self._on_read_store(sr, prelude)
+            again_theirs = await run_read(conn, sr)
+            if again_ours.same(again_theirs):
+                self._count("transient")
+                return
+            self._count("mismatch")
+            self.divergences.record(
+                "read",
+                session=session,
+                fingerprint=fp,
+                read_store=again_ours.summary(),
+                shadow_store=again_theirs.summary(),
+                error=again_theirs.error or None,
+            )
+        except (
+            MirrorUnavailable,
+            OSError,
+            TimeoutError,
+            ProtocolError,
+            asyncio.IncompleteReadError,
+        ) as exc:
+            self._count("error")
+            conn.close()
+            log.info("shadow read on session %d failed: %s", session, exc)
+        finally:
+            self.inflight -= 1
+
+    async def _on_read_store(self, sr: ShadowRead, prelude: tuple[str, ...]) -> Digest:
+        end = self.read_store
+        conn = MirrorConnection(end.host, end.port, end.user, end.password, end.database)
+        try:
+            await conn.connect()
+            await conn.run_prelude(prelude)
+            return await run_read(
+                conn, ShadowRead(sr.sql, sr.parse_body, sr.bind_body, Digest(sr.digest.ordered))
+            )
+        finally:
+            conn.close()
+
+
+class SessionShadow:
+    """One session's connection to the shadow store; one shadow read at a time."""
+
+    def __init__(self, reader: ShadowReader, params: dict[str, str], session: int) -> None:
+        self.reader = reader
+        self.params = params
+        self.session = session
+        self.conn: MirrorConnection | None = None
+        self.busy = False
+        self.closing = False  # the session ended: close once the read in flight is done
+
+    async def run(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
+        try:
+            if self.conn is None or not self.conn.connected:
+                self.conn = self.reader.manager.connection(self.params)
+                try:
+                    await self.conn.connect()
+                except MirrorUnavailable as exc:
+                    self.conn = None
+                    self.reader.abandon()
+                    self.reader._count("error")
+                    log.info("shadow read on session %d: %s", self.session, exc)
+                    return
+            await self.reader.compare(sr, self.conn, prelude, self.session)
+        finally:
+            self.busy = False
+            if self.closing:
+                self.close()
+
+    def close(self) -> None:
+        if self.busy:
+            self.closing = True
+            return
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+async def run_read(conn: MirrorConnection, sr: ShadowRead) -> Digest:
+    """Run the statement of ``sr`` on ``conn`` and digest the answer."""
+    digest = Digest(sr.digest.ordered)
+    if sr.parse_body is not None and sr.bind_body is not None:
+        conn.write(
+            m.parse("", sr.parse_body)
+            + m.bind("", sr.bind_body)
+            + m.DESCRIBE_PORTAL_UNNAMED
+            + m.EXECUTE_UNNAMED_ALL
+            + m.SYNC
+        )
+    else:
+        conn.write(m.query(sr.sql))
+    return await asyncio.wait_for(_digest_answer(conn, digest), _TIMEOUT)
+
+
+async def _digest_answer(conn: MirrorConnection, digest: Digest) -> Digest:
+    while True:
+        t, body = await conn.read_message()
+        if t == 0x44:
+            digest.add(body)
+        elif t == 0x54:
+            digest.describe(body)
+        elif t == 0x45:
+            digest.error = error_fields(body).get("C", "error")
+        elif t == 0x5A:
+            return digest

@@ -1,0 +1,80 @@
+"""Shadow reads: sampled autocommit reads re-run on the new store and compared.
+
+The client always gets the old store's answer; a row changed on the new store
+behind the proxy's back makes the next shadow read of it a ``read``
+divergence, and the parity table shows both stores' latency per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.conftest import PgPair, ProxyProcess, pg_dsn
+
+pytestmark = pytest.mark.integration
+
+
+def shadow_status(proxy: ProxyProcess, want: int, timeout: float = 15.0) -> dict[str, Any]:
+    """/status's shadow_reads once ``want`` reads have an outcome."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sr: dict[str, Any] = proxy.status()["shadow_reads"]
+        done = sum(n for k, n in sr["outcomes"].items() if k != "shed")
+        if done >= want and sr["inflight"] == 0:
+            return sr
+        assert time.monotonic() < deadline, f"shadow reads did not finish: {sr}"
+        time.sleep(0.05)
+
+
+def test_shadow_reads_match_then_catch_a_row_changed_behind_the_proxy(
+    pg_pair: PgPair, proxy_factory: Any
+) -> None:
+    pg_pair.run_both(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric);"
+        "INSERT INTO t SELECT g, 'row ' || g, g * 1.5 FROM generate_series(1, 50) g"
+    )
+    proxy = proxy_factory(
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new), mode="shadow-read", shadow_read_fraction="1"
+    )
+    with psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) as conn:
+        # simple protocol, extended (prepared) protocol, unordered and ordered results
+        assert conn.execute("SELECT count(*) FROM t", prepare=False).fetchone() == (50,)
+        shadow_status(proxy, 1)
+        rows = conn.execute("SELECT * FROM t WHERE id <= %s ORDER BY id", (10,), prepare=True)
+        assert len(rows.fetchall()) == 10
+        shadow_status(proxy, 2)
+        conn.execute("SELECT v FROM t", prepare=False).fetchall()
+        shadow_status(proxy, 3)
+
+    async def with_asyncpg() -> None:
+        c = await asyncpg.connect(proxy.dsn(pg_pair.old))
+        try:
+            assert len(await c.fetch("SELECT id, n FROM t WHERE id > $1", 40)) == 10
+        finally:
+            await c.close()
+
+    asyncio.run(with_asyncpg())
+    status = shadow_status(proxy, 4)
+    assert status["outcomes"].get("match", 0) >= 4, status
+    assert "mismatch" not in status["outcomes"], status
+    assert proxy.divergences() == []
+    assert status["parity"], "no latency recorded per statement"
+    assert {"read_store_p99_ms", "shadow_store_p99_ms"} <= set(status["parity"][0])
+
+    # Behind the proxy's back: the new store's row 7 changes.
+    with pg_pair.connect("new", autocommit=True) as c:
+        c.execute("UPDATE t SET v = 'changed on new' WHERE id = 7")
+    with psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) as conn:
+        got = conn.execute("SELECT v FROM t WHERE id = 7", prepare=False).fetchone()
+        assert got == ("row 7",)  # the client gets the old store's answer
+    status = shadow_status(proxy, 5)
+    assert status["outcomes"].get("mismatch") == 1, status
+    events = [e for e in proxy.divergences() if e["kind"] == "read"]
+    assert len(events) == 1, proxy.divergences()
+    assert "SELECT v FROM t WHERE id = $1" in events[0]["fingerprint"]
