@@ -70,8 +70,10 @@ class PgPair:
         """(row count, md5 of all rows in a stable order), computed by the database."""
         with self.connect(which) as c:
             row = c.execute(
-                f"SELECT count(*), coalesce(md5(string_agg(r::text, '|' ORDER BY {order})), '') "  # noqa: S608
-                f"FROM (SELECT {columns} FROM {table}) r"
+                # The row alias must not be a column name of the table (a column "r"
+                # would be digested instead of the whole row).
+                f"SELECT count(*), coalesce(md5(string_agg(whole_row_::text, '|' ORDER BY {order})), '') "  # noqa: S608
+                f"FROM (SELECT {columns} FROM {table}) whole_row_"
             ).fetchone()
             assert row is not None
             return int(row[0]), str(row[1])
@@ -223,6 +225,9 @@ def proxy_factory(tmp_path: Path) -> Iterator[Any]:
         return p
 
     yield make
+    for p in started:  # all at once: each shutdown may wait for its own drain
+        if p.proc is not None and p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
     for p in started:
         p.stop()
 

@@ -158,6 +158,7 @@ class MirrorManager:
         self._catalog_again = False
         self.catalog_error = ""
         self.sequences_synced_at = 0.0
+        self._sequences: asyncio.Task[None] | None = None
         self.sequences_error = ""
         self.store_label = "new"  # the store the mirror writes to (old in write-new)
         metrics.JOURNAL_BACKLOG.set(self.journal.pending())
@@ -168,7 +169,8 @@ class MirrorManager:
         self._replayer = asyncio.get_running_loop().create_task(self._replay_loop())
         self.refresh_catalog()
         if self.config.source is not None:
-            self.track(asyncio.get_running_loop().create_task(self._sequence_loop()))
+            # Not tracked with the workers: stop() cancels it before it waits for them.
+            self._sequences = asyncio.get_running_loop().create_task(self._sequence_loop())
 
     async def _sequence_loop(self) -> None:
         c = self.config
@@ -235,6 +237,9 @@ class MirrorManager:
         cancelled mid-apply journals its own queue on the way out (its unit
         may then be applied twice: replay is at-least-once).
         """
+        for task in (self._sequences, self._catalog_task):
+            if task is not None:  # background readers: nothing of theirs to drain
+                task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         self.start_journaling("shutdown")
