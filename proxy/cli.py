@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Coroutine
 from importlib import metadata
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from proxy.routing import Mode
 from proxy.settings import ConfigError, Settings, load_settings
 
 PROG = "shadowproxy"
@@ -47,14 +47,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from proxy.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    # --log-format beats SHADOW_LOG_FORMAT and the file, like any explicit override.
+    overrides = {"log_format": args.log_format} if args.log_format else {}
+    settings = load_settings(args.config, **overrides)
     _configure_logging(settings)
+    from proxy.control.statefile import StateFileError
     from proxy.mirror.journal import JournalError
     from proxy.relay.server import serve
 
@@ -62,6 +65,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _run(serve(settings))  # Ctrl-C / SIGTERM are handled inside serve()
     except JournalError as exc:  # e.g. another proxy holds the journal
         print(f"{PROG}: journal error: {exc}", file=sys.stderr)
+        return 1
+    except StateFileError as exc:  # an unreadable state file, or a mode it cannot run
+        print(f"{PROG}: state file error: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -120,8 +126,49 @@ def _cmd_journal_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_mode(args: argparse.Namespace) -> int:
-    print(_settings(args).mode.value)
-    return 0
+    from proxy.control.commands import run
+
+    return _run(run(_settings(args), args))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from proxy.control.report import run
+
+    return _run(run(_settings(args), args))
+
+
+def _add_mode_commands(commands: Any, config: argparse.ArgumentParser) -> None:
+    """``mode`` (show), ``mode set``, ``mode revert``, ``mode history``, and ``report``."""
+    remote = argparse.ArgumentParser(add_help=False, parents=[config])
+    remote.add_argument(
+        "--admin", metavar="URL", help="admin API of an instance (no control store)"
+    )
+    remote.add_argument("--token", help="admin bearer token (default: SHADOW_ADMIN_TOKEN)")
+    remote.add_argument("--json", action="store_true", help="print JSON")
+    mode = commands.add_parser("mode", parents=[remote], help="show or change the mode")
+    mode.set_defaults(handler=_cmd_mode, action=None)
+    actions = mode.add_subparsers(dest="action", metavar="ACTION")
+    change = argparse.ArgumentParser(add_help=False, parents=[remote])
+    change.add_argument("--force", action="store_true", help="override failed gates (audited)")
+    change.add_argument(
+        "--timeout", type=float, metavar="S", help="seconds to wait for every instance"
+    )
+    set_ = actions.add_parser(
+        "set", parents=[change], help="move to MODE (one step forward, or back)"
+    )
+    set_.add_argument(
+        "target",
+        metavar="MODE",
+        choices=[m.value for m in Mode],
+        help=", ".join(m.value for m in Mode),
+    )
+    set_.add_argument("--reason", required=True, help="why (goes to the audit)")
+    revert = actions.add_parser("revert", parents=[change], help="back to the previous mode")
+    revert.add_argument("--reason", default="", help="why (goes to the audit)")
+    hist = actions.add_parser("history", parents=[remote], help="every change (audit)")
+    hist.add_argument("--limit", type=int, default=100, help="last N changes")
+    report = commands.add_parser("report", parents=[remote], help="readiness report (Markdown)")
+    report.set_defaults(handler=_cmd_report)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -139,13 +186,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    commands.add_parser("serve", parents=[config], help="run the proxy").set_defaults(
-        handler=_cmd_serve
+    serve = commands.add_parser("serve", parents=[config], help="run the proxy")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text (humans) or JSON (log shippers); overrides SHADOW_LOG_FORMAT",
     )
-    commands.add_parser("mode", parents=[config], help="show the mode").set_defaults(
-        handler=_cmd_mode
-    )
+    serve.set_defaults(handler=_cmd_serve)
+    _add_mode_commands(commands, config)
     commands.add_parser("demo", help="run a local demonstration").set_defaults(handler=_cmd_demo)
+    # Dispatched in main() before parsing; listed here for --help.
+    commands.add_parser("compare", help="compare the two stores row by row", add_help=False)
 
     journal = commands.add_parser("journal", help="inspect or replay the mirror journal")
     journal_commands = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -164,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         from proxy.demo import main as demo_main
 
         return int(demo_main(argv[1:]) or 0)
+    if argv[:1] == ["compare"]:  # the comparator owns its options
+        from comparator.cli import main as compare_main
+
+        return compare_main(argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help, --version and usage errors

@@ -21,9 +21,12 @@ from typing import Any
 from proxy import metrics
 from proxy.classify import Kind
 from proxy.control.admin import start_admin
+from proxy.control.controller import ModeController
+from proxy.control.statefile import ModeState
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.manager import MirrorConfig, MirrorManager
 from proxy.relay.client import ClientSession
+from proxy.relay.shadow import ShadowReader
 from proxy.routing import Mode, Store
 from proxy.settings import Dsn, Settings
 from proxy.wire.pg import messages as m
@@ -31,6 +34,10 @@ from proxy.wire.pg import messages as m
 log = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE = 10.0
+
+
+# The modes the relay implements per session today (see README, "The mode ladder").
+RUNNABLE = (Mode.OLD_ONLY, Mode.DUAL_WRITE, Mode.SHADOW_READ)
 
 
 class ProxyServer:
@@ -51,12 +58,42 @@ class ProxyServer:
             self.mirror_manager = MirrorManager(
                 MirrorConfig.from_settings(settings), self.divergences
             )
+        # Shadow reads (shadow-read mode): run on the mirror store, re-checked on the old.
+        self.shadow_reader: ShadowReader | None = None
+        if self.mirror_manager is not None and self.mirror_manager.config.source is not None:
+            self.shadow_reader = ShadowReader(
+                self.mirror_manager,
+                self.mirror_manager.config.source,
+                settings.shadow_read_fraction,
+                settings.shadow_read_max_inflight,
+                self.divergences,
+            )
         self.tls_context: ssl.SSLContext | None = None
         if settings.tls_cert and settings.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
             self.tls_context = ctx
         self._counters: dict[str, dict[Kind, Any]] = {}
+        for mode in Mode:
+            metrics.MODE_INFO.labels(mode.value).set(1 if mode is self.mode else 0)
+        metrics.MODE_EPOCH.set(self.epoch)
+        # The mode comes from the control store or the state file from now on.
+        control_id = f"{socket.gethostname()}:{settings.listen.port}"
+        self.control = ModeController(settings, control_id, self.status, self._cannot_run)
+        self.control.subscribe(self._mode_changed)
+
+    def _cannot_run(self, mode: Mode) -> str | None:
+        if mode is not Mode.OLD_ONLY and self.settings.new_dsn is None:
+            return "SHADOW_NEW_DSN is not set on this instance"
+        if mode not in RUNNABLE:
+            # Reads served by the new store and the authoritative switch are not built
+            # into the relay yet: refusing keeps an SRE from believing otherwise.
+            return f"this build runs {', '.join(m.value for m in RUNNABLE)} only"
+        return None
+
+    def _mode_changed(self, state: ModeState) -> None:
+        """Sessions read ``self.mode`` at their next transaction boundary."""
+        self.mode, self.epoch = state.mode, state.epoch
         for mode in Mode:
             metrics.MODE_INFO.labels(mode.value).set(1 if mode is self.mode else 0)
         metrics.MODE_EPOCH.set(self.epoch)
@@ -136,11 +173,19 @@ class ProxyServer:
             "divergences": dict(self.divergences.counts),
             "recent_divergences": list(self.divergences.recent),
             "draining": self.draining,
+            "control": self.control.status(),
         }
         if self.mirror_manager is not None:
             out.update(self.mirror_manager.status())
         else:
             out.update(mirror_queue_depth=0, journal_backlog_units=0)
+        if self.shadow_reader is not None:
+            out["shadow_reads"] = {
+                "fraction": self.shadow_reader.fraction,
+                "inflight": self.shadow_reader.inflight,
+                "outcomes": dict(self.shadow_reader.counts),
+                "parity": self.shadow_reader.parity.table(),
+            }
         return out
 
     async def shutdown(self) -> None:
@@ -156,6 +201,7 @@ class ProxyServer:
         await asyncio.sleep(0.05)
         if self.mirror_manager is not None:
             await self.mirror_manager.stop()
+        await self.control.stop()
         for t in list(self._tasks):
             t.cancel()
         self.divergences.close()
@@ -164,9 +210,16 @@ class ProxyServer:
 async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     proxy = ProxyServer(settings)
+    await proxy.control.start()  # the mode to serve with, before the first client
     if proxy.mirror_manager is not None:
         proxy.mirror_manager.start()
-    admin = await start_admin(settings.admin_listen, proxy.status, lambda: not proxy.draining)
+    admin = await start_admin(
+        settings.admin_listen,
+        proxy.status,
+        lambda: not proxy.draining,
+        proxy.control,
+        settings.admin_token,
+    )
     listener = await loop.create_server(
         lambda: ClientSession(proxy),
         settings.listen.host,
