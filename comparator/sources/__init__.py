@@ -1,0 +1,1 @@
+"""Database sources for the comparator: catalogs, keys, segment boundaries, checksums, rows."""
