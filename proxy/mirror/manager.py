@@ -38,7 +38,7 @@ from proxy.mirror.connection import ItemResult, MirrorConnection, MirrorUnavaila
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.journal import Journal
 from proxy.mirror.pinning import CATALOG_SQL, Pinner, build_catalog
-from proxy.mirror.sequences import Endpoint, sync_sequences
+from proxy.mirror.sequences import Endpoint, connect_endpoint, sync_sequences
 from proxy.mirror.unit import Unit
 from proxy.settings import Settings
 
@@ -175,10 +175,9 @@ class MirrorManager:
     async def _sequence_loop(self) -> None:
         c = self.config
         assert c.source is not None
-        target = Endpoint(c.host, c.port, c.user, c.password, c.database)
         while True:
             try:
-                n = await sync_sequences(c.source, target, c.apply_timeout)
+                n = await sync_sequences(c.source, self.endpoint, c.apply_timeout)
                 metrics.SEQUENCES_ADVANCED.inc(n)
                 self.sequences_synced_at = time.time()
                 self.sequences_error = ""
@@ -208,14 +207,7 @@ class MirrorManager:
         while True:
             self._catalog_again = False
             try:
-                conn = await asyncpg.connect(
-                    host=c.host,
-                    port=c.port,
-                    user=c.user,
-                    password=c.password,
-                    database=c.database,
-                    timeout=c.connect_timeout,
-                )
+                conn = await connect_endpoint(self.endpoint, c.connect_timeout)
                 try:
                     rows = await conn.fetch(CATALOG_SQL, timeout=c.apply_timeout)
                 finally:
@@ -253,6 +245,12 @@ class MirrorManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.journal.close()
         self.rejected.close()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The mirror store, with the proxy's own credentials."""
+        c = self.config
+        return Endpoint(c.host, c.port, c.user, c.password, c.database)
 
     def connection(self, params: dict[str, str]) -> MirrorConnection:
         c = self.config

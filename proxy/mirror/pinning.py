@@ -51,7 +51,7 @@ _DETERMINISTIC = frozenset(
     repeat initcap format md5 sha224 sha256 sha384 sha512 encode decode quote_literal
     quote_ident quote_nullable regexp_replace regexp_match regexp_split_to_array translate
     to_char to_number to_date to_timestamp date_trunc date_part extract make_date
-    make_time make_timestamp make_timestamptz make_interval age justify_days
+    make_time make_timestamp make_timestamptz make_interval justify_days
     justify_hours justify_interval jsonb_build_object json_build_object jsonb_build_array
     json_build_array jsonb_set jsonb_insert jsonb_strip_nulls to_json to_jsonb
     row_to_json array_to_json jsonb_object json_object array_append array_prepend
@@ -59,7 +59,7 @@ _DETERMINISTIC = frozenset(
     array_to_string string_to_array unnest generate_series count sum min max avg
     array_agg string_agg jsonb_agg json_agg jsonb_object_agg bool_and bool_or every
     coalesce nullif greatest least int2 int4 int8 float4 float8 numeric text varchar
-    bool date timestamp timestamptz interval uuid jsonb json bytea inet cidr""".split()  # noqa: SIM905
+    bool date timestamp timestamptz interval uuid jsonb json bytea inet cidr pg_sleep""".split()  # noqa: SIM905
 )
 
 

@@ -39,7 +39,8 @@ class Endpoint:
     database: str
 
 
-async def _connect(end: Endpoint, timeout: float) -> Any:
+async def connect_endpoint(end: Endpoint, timeout: float) -> Any:
+    """An asyncpg connection with the proxy's own credentials for ``end``."""
     import asyncpg
 
     return await asyncpg.connect(
@@ -54,14 +55,14 @@ async def _connect(end: Endpoint, timeout: float) -> Any:
 
 async def sync_sequences(source: Endpoint, target: Endpoint, timeout: float) -> int:
     """Advance ``target``'s sequences to ``source``'s values; return how many moved."""
-    src = await _connect(source, timeout)
+    src = await connect_endpoint(source, timeout)
     try:
         wanted = await src.fetch(_READ, timeout=timeout)
     finally:
         await src.close()
     if not wanted:
         return 0
-    dst = await _connect(target, timeout)
+    dst = await connect_endpoint(target, timeout)
     moved = 0
     try:
         for schema, name, value in wanted:

@@ -47,12 +47,16 @@ def test_write_in_flight_when_the_old_store_drops_the_session(
     while dual_proxy.status().get("rejected_units", 0) < 1:
         assert time.monotonic() < deadline, dual_proxy.status()
         time.sleep(0.05)
-    [event] = [e for e in dual_proxy.divergences() if e["kind"] == "unmirrorable"]
+    events = [e for e in dual_proxy.divergences() if e["kind"] == "unmirrorable"]
+    assert len(events) == 1, events
+    [event] = events
     assert "in flight" in str(event["reason"])
     assert "t" in event["tables"]  # type: ignore[operator]
     rejected = Journal.open_readonly(Path(dual_proxy.env["SHADOW_JOURNAL_DIR"]) / "rejected")
     try:
-        [(_, unit)] = rejected.read_pending()
+        pending = rejected.read_pending()
+        assert len(pending) == 1, [[it.sql for it in u.items] for _, u in pending]
+        [(_, unit)] = pending
     finally:
         rejected.close()
     assert [it.sql for it in unit.items] == [
