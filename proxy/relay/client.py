@@ -61,6 +61,8 @@ class ClientSession(asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.id = server.next_session_id()
+        # Every record of this session carries its id (a field of its own in JSON logs).
+        self.log = logging.LoggerAdapter(log, {"session": self.id})
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamProtocol | None = None
         self.phase = STARTUP
@@ -107,7 +109,7 @@ class ClientSession(asyncio.Protocol):
 
     def _startup_deadline(self) -> None:
         if self.phase < READY:
-            log.info("session %d: startup not finished in time", self.id)
+            self.log.info("session %d: startup not finished in time", self.id)
             self._fail("57014", "canceling authentication due to timeout")
 
     def data_received(self, data: bytes) -> None:
@@ -132,7 +134,7 @@ class ClientSession(asyncio.Protocol):
                 self.outstanding += frames.feed(data)
             except ProtocolError as exc:
                 metrics.PROTOCOL_ERRORS.labels("client").inc()
-                log.info("session %d: client protocol error: %s", self.id, exc)
+                self.log.info("session %d: client protocol error: %s", self.id, exc)
                 self._fail(exc.sqlstate, str(exc))
             return
         try:
@@ -157,11 +159,11 @@ class ClientSession(asyncio.Protocol):
                 self._startup_event(e)
         except ProtocolError as exc:
             metrics.PROTOCOL_ERRORS.labels("client").inc()
-            log.info("session %d: client protocol error: %s", self.id, exc)
+            self.log.info("session %d: client protocol error: %s", self.id, exc)
             self._fail(exc.sqlstate, str(exc))
         except Exception:
             metrics.SESSION_ERRORS.inc()
-            log.exception("session %d: unexpected error", self.id)
+            self.log.exception("session %d: unexpected error", self.id)
             self._fail("XX000", "internal error in shadowproxy")
 
     def _relay_requests(self, events: list[Any]) -> None:
@@ -260,7 +262,7 @@ class ClientSession(asyncio.Protocol):
         try:
             new = await loop.start_tls(self.transport, self, ctx, server_side=True)
         except (OSError, ConnectionError) as exc:
-            log.info("session %d: TLS handshake failed: %s", self.id, exc)
+            self.log.info("session %d: TLS handshake failed: %s", self.id, exc)
             self._close()
             return
         self.transport = new  # type: ignore[assignment]
@@ -275,7 +277,7 @@ class ClientSession(asyncio.Protocol):
                 self.server.settings.mirror_connect_timeout,
             )
         except (TimeoutError, OSError) as exc:
-            log.warning("session %d: cannot reach the %s store: %s", self.id, self.store, exc)
+            self.log.warning("session %d: cannot reach the %s store: %s", self.id, self.store, exc)
             self._fail("08006", f"shadowproxy: the {self.store} store is unreachable")
             return
         if self.phase == CLOSED:
@@ -382,12 +384,12 @@ class ClientSession(asyncio.Protocol):
             self._upstream_protocol_error(exc)
         except Exception:
             metrics.SESSION_ERRORS.inc()
-            log.exception("session %d: unexpected error", self.id)
+            self.log.exception("session %d: unexpected error", self.id)
             self._fail("XX000", "internal error in shadowproxy")
 
     def _upstream_protocol_error(self, exc: ProtocolError) -> None:
         metrics.PROTOCOL_ERRORS.labels(self.store).inc()
-        log.warning("session %d: %s store protocol error: %s", self.id, self.store, exc)
+        self.log.warning("session %d: %s store protocol error: %s", self.id, self.store, exc)
         self._fail("08P01", f"shadowproxy: protocol error from the {self.store} store")
 
     def completed(self, c: Completion) -> None:
@@ -471,7 +473,7 @@ class ClientSession(asyncio.Protocol):
             if t == 0x52 and raw[5:9] == b"\0\0\0\0":  # AuthenticationOk
                 self._open_mirror()
             elif t == 0x45:
-                log.info(
+                self.log.info(
                     "session %d: %s store refused the session: %s",
                     self.id,
                     self.store,

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from proxy import metrics
+from proxy import logs, metrics
 from proxy.classify import Kind
 from proxy.control.admin import start_admin
 from proxy.control.controller import ModeController
@@ -81,6 +81,8 @@ class ProxyServer:
         control_id = f"{socket.gethostname()}:{settings.listen.port}"
         self.control = ModeController(settings, control_id, self.status, self._cannot_run)
         self.control.subscribe(self._mode_changed)
+        # Every log record of the process says the mode and epoch it ran under.
+        logs.bind_process_context(lambda: {"mode": self.mode.value, "epoch": self.epoch})
 
     def _cannot_run(self, mode: Mode) -> str | None:
         if mode is not Mode.OLD_ONLY and self.settings.new_dsn is None:
