@@ -18,7 +18,8 @@
 #
 # Environment (defaults in brackets):
 #   SCALE [10]  DURATION [20] seconds per run  ROUNDS [2]  CLIENTS [8]  THREADS [2]
-#   TARGETS   ["direct pgbouncer old-only dual-sync dual-async"]  any subset, any order
+#   TARGETS   ["direct pgbouncer old-only dual-sync dual-async"]  any subset, any order;
+#             also shadow-read (mode shadow-read, sync, 10 % of reads shadowed)
 #   WORKLOADS ["select-simple select-extended select-prepared tpcb-extended"]
 #               select-simple   = -S -M simple      select-extended = -S -M extended
 #               select-prepared = -S -M prepared    tpcb-extended   = built-in tpcb-like, -M extended
@@ -75,8 +76,8 @@ read -r -a WORKLOAD_LIST <<<"$WORKLOADS"
 ((${#TARGET_LIST[@]} > 0)) || die "TARGETS is empty"
 ((${#WORKLOAD_LIST[@]} > 0)) || die "WORKLOADS is empty"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct | pgbouncer | old-only | dual-sync | dual-async) ;;
-    *) die "unknown target '$t' (direct pgbouncer old-only dual-sync dual-async)" ;;
+    case $t in direct | pgbouncer | old-only | dual-sync | dual-async | shadow-read) ;;
+    *) die "unknown target '$t' (direct pgbouncer old-only dual-sync dual-async shadow-read)" ;;
     esac
 done
 
@@ -104,7 +105,7 @@ has_target() {
 for cmd in pgbench psql pg_isready createdb dropdb python3; do
     command -v "$cmd" >/dev/null || die "'$cmd' not found on PATH"
 done
-if has_target old-only || has_target dual-sync || has_target dual-async; then
+if has_target old-only || has_target dual-sync || has_target dual-async || has_target shadow-read; then
     command -v curl >/dev/null || die "'curl' not found on PATH"
     [[ -x $SHADOWPROXY_BIN ]] || die "$SHADOWPROXY_BIN not found (run 'make' / pip install -e . first)"
 fi
@@ -304,7 +305,7 @@ target_port() {
     case $1 in
     direct) echo "$PG_PORT" ;;
     pgbouncer) echo "$PGB_PORT" ;;
-    old-only | dual-sync | dual-async) echo "${PROXY_PORT[$1]}" ;;
+    old-only | dual-sync | dual-async | shadow-read) echo "${PROXY_PORT[$1]}" ;;
     esac
 }
 
@@ -440,8 +441,8 @@ run_one() {
 
 # --------------------------------------------------------------------------- main
 
-ports=$(free_ports 7)
-read -r PGB_PORT P_OLD P_OLD_ADMIN P_SYNC P_SYNC_ADMIN P_ASYNC P_ASYNC_ADMIN <<<"$ports"
+ports=$(free_ports 9)
+read -r PGB_PORT P_OLD P_OLD_ADMIN P_SYNC P_SYNC_ADMIN P_ASYNC P_ASYNC_ADMIN P_SHADOW P_SHADOW_ADMIN <<<"$ports"
 PGB_VERSION="pgbouncer not used"
 
 log "work dir: $WORK"
@@ -450,6 +451,7 @@ has_target pgbouncer && start_pgbouncer
 has_target old-only && start_proxy old-only old-only sync "$P_OLD" "$P_OLD_ADMIN"
 has_target dual-sync && start_proxy dual-sync dual-write sync "$P_SYNC" "$P_SYNC_ADMIN"
 has_target dual-async && start_proxy dual-async dual-write async "$P_ASYNC" "$P_ASYNC_ADMIN"
+has_target shadow-read && start_proxy shadow-read shadow-read sync "$P_SHADOW" "$P_SHADOW_ADMIN"
 
 n_targets=${#TARGET_LIST[@]}
 total_s=$((ROUNDS * ${#WORKLOAD_LIST[@]} * n_targets * DURATION))
@@ -463,7 +465,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for ((i = 0; i < n_targets; i++)); do
             target=${TARGET_LIST[$(((offset + i) % n_targets))]}
             mirrored=0
-            if [[ $target == dual-* ]] && is_write_workload "$workload"; then
+            if [[ $target == dual-* || $target == shadow-read ]] && is_write_workload "$workload"; then
                 mirrored=1
                 wait_drained "$target" || RUN_FAILURES=$((RUN_FAILURES + 1))
                 log "copying $OLD_DB into $NEW_DB before the $target $workload run"
@@ -500,7 +502,7 @@ elif ((DIVERGENCES == 0)); then
 else
     echo "Equality check: DIFFERENT after $DIVERGENCES of $EQUALITY_CHECKS dual-write write run(s) (see $EQUALITY_CSV)."
 fi
-for mode in old-only dual-sync dual-async; do
+for mode in old-only dual-sync dual-async shadow-read; do
     has_target "$mode" || continue
     div="$WORK/proxy-$mode/div.jsonl"
     echo "Proxy $mode divergence log: $( [[ -f $div ]] && wc -l <"$div" || echo 0) event(s) ($div)"

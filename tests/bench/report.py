@@ -29,7 +29,7 @@ LAT_RE = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
 FAILED_RE = re.compile(r"^number of failed transactions: ([0-9]+)", re.M)
 
 # Display order; names not listed here follow in order of first appearance.
-TARGET_ORDER = ["direct", "pgbouncer", "old-only", "dual-sync", "dual-async"]
+TARGET_ORDER = ["direct", "pgbouncer", "old-only", "dual-sync", "dual-async", "shadow-read"]
 WORKLOAD_ORDER = ["select-simple", "select-extended", "select-prepared", "tpcb-extended"]
 
 
