@@ -192,6 +192,14 @@ SEQUENCES_ADVANCED = Counter(
     "Mirror-store sequences moved forward to the authoritative store's value.",
     registry=REGISTRY,
 )
+READ_ROUTE_FALLBACKS = Counter(
+    "shadowproxy_read_route_fallbacks_total",
+    "Autocommit reads the mode routes to the non-authoritative store but the "
+    "authoritative store served, by reason (read_your_writes: the session's mirrored "
+    "writes had not reached the read store in time; unavailable; prepare).",
+    ["reason"],
+    registry=REGISTRY,
+)
 SHADOW_READS = Counter(
     "shadowproxy_shadow_reads_total",
     "Sampled autocommit reads re-run on the other store, by outcome (match, mismatch, "

@@ -206,6 +206,9 @@ class Settings(BaseSettings):
     shadow_read_fraction: float = 0.1
     # Shadow reads in flight (all sessions) before new samples are shed.
     shadow_read_max_inflight: int = 16
+    # read-new: the longest an autocommit read waits for the session's own mirrored
+    # writes to reach the read store; then the authoritative store serves it (counted).
+    read_your_writes_timeout: float = 1.0
     mirror_queue_max_units: int = 10_000
     mirror_queue_max_bytes: int = 64 * MIB
     mirror_connect_timeout: float = 5.0
@@ -299,6 +302,7 @@ class Settings(BaseSettings):
         "mirror_sync_timeout",
         "sequence_sync_interval",
         "shadow_read_max_inflight",
+        "read_your_writes_timeout",
         "startup_timeout",
         "control_poll_interval",
         "control_compare_max_age",

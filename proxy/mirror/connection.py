@@ -117,6 +117,12 @@ class MirrorConnection:
             raise MirrorUnavailable("connection is closed")
         self._writer.write(data)
 
+    @property
+    def reader(self) -> asyncio.StreamReader:
+        if self._reader is None:
+            raise MirrorUnavailable("connection is closed")
+        return self._reader
+
     async def read_message(self) -> tuple[int, bytes]:
         """The next backend message (type, body)."""
         return await self._read_message()

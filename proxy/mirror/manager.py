@@ -434,6 +434,11 @@ class SessionMirror:
         self.manager.submit(self, unit, waiter)
         return waiter
 
+    @property
+    def idle(self) -> bool:
+        """Every unit of this session is applied (a unit leaves the queue once applied)."""
+        return not self.queue
+
     def enqueue(self, unit: Unit) -> None:
         self.queue.append(unit)
         self._account(1, unit.size)

@@ -153,6 +153,15 @@ class Recorder:
             # captured; reported at each use rather than guessed.
             self._pins[name] = Unpinnable("statement prepared before the session mirrored")
 
+    @property
+    def statements(self) -> dict[str, tuple[str, bytes, Kind]]:
+        """Prepared statements: name -> (sql, Parse body after the name, kind)."""
+        return self._statements
+
+    def statement_body(self, name: str) -> bytes | None:
+        st = self._statements.get(name)
+        return st[1] if st is not None else None
+
     def statement_pin(self, name: str) -> Plan | Unpinnable | None:
         return self._pins.get(name)
 

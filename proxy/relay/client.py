@@ -91,6 +91,7 @@ class ClientSession(asyncio.Protocol):
         self.store = server.mode.authoritative.value
         self.mode = server.mode  # applied at transaction boundaries (see _apply_mode)
         self.tls = False
+        self._writable: asyncio.Future[None] | None = None  # see client_writable
         self.stats = server.statement_counters(self.store)
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
         self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
@@ -300,6 +301,9 @@ class ClientSession(asyncio.Protocol):
         self.frames = None
         if self.deadline is not None:
             self.deadline.cancel()
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None and self.upstream.transport is not None:
@@ -333,6 +337,18 @@ class ClientSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.upstream and self.upstream.transport:
             self.upstream.transport.resume_reading()
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def client_writable(self) -> None:
+        """Until the client's socket takes more (a read routed to the read store)."""
+        transport = self.transport
+        if transport is None or transport.get_write_buffer_size() < 64 * 1024:
+            return
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+        await self._writable
 
     def pause_client_reading(self) -> None:
         if self.transport is not None:
@@ -437,12 +453,16 @@ class ClientSession(asyncio.Protocol):
                 self.mirror.close()  # its queue is still applied
                 self.mirror = None
             self.recorder.mirroring = False
+            if lockstep is not None:
+                lockstep.closed()
             self.lockstep = None
             self.scanner.tracked = BOUNDARIES
             rest = self.parser.take_buffer()
             self.frames = FrameChecker(self.server.settings.max_message_size)
             if rest:
                 self.data_received(rest)
+        if self.lockstep is not None and mode.read_store is mode.authoritative:
+            self.lockstep.closed()  # no reads on the other store any more
         self.mode = mode
 
     def _ready(self, status: int) -> None:
@@ -537,8 +557,8 @@ class ClientSession(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.phase = CLOSED
-        if self.lockstep is not None and self.lockstep.shadow is not None:
-            self.lockstep.shadow.close()
+        if self.lockstep is not None:
+            self.lockstep.closed()
         if self.mirror is not None:
             self.mirror.close()
             self.mirror = None

@@ -39,9 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.classify import Kind, _next_word, _statements, classify, fingerprint, tables_of
+from proxy.mirror.connection import MirrorUnavailable
 from proxy.mirror.pinning import MARKER, Plan
 from proxy.mirror.unit import Unit
+from proxy.relay.reads import ReadRoute, read_batch
 from proxy.relay.shadow import SessionShadow, ShadowRead
+from proxy.routing import Store
 from proxy.wire.pg import OUTCOMES, Completion, Request, split_messages
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
@@ -100,7 +103,7 @@ _IDLE = ord("I")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
 _HELD_MAX = 10_000  # events held from the client before its socket stops being read
 
-FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG, LEARNING = range(7)
+FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG, LEARNING, ROUTED = range(8)
 NONE, SYNC, COMMIT, AUTOCOMMIT = range(4)
 
 # Statements PostgreSQL refuses inside a transaction block: never wrapped.
@@ -166,6 +169,7 @@ class LockStep:
         "_learned",
         "_shadows",
         "shadow",
+        "route",
     )
 
     def __init__(self, session: ClientSession) -> None:
@@ -194,6 +198,7 @@ class LockStep:
         self._learned: list[list[bytes | None]] = []
         self._shadows: dict[int, ShadowRead] = {}  # id(request) -> its shadow read
         self.shadow: SessionShadow | None = None
+        self.route: ReadRoute | None = None  # read-new: reads on the read store (reads.py)
 
     @property
     def busy(self) -> bool:
@@ -356,6 +361,12 @@ class LockStep:
         batch: list[bytes] = []
         while held and self.state == FLOWING:
             e = held[0]
+            if self._routable():
+                n = read_batch(held, self.s.recorder.statements)
+                if n:
+                    self._write(batch)
+                    self._route([held.popleft() for _ in range(n)])
+                    return
             missing = self._unknown_tables(e)
             if missing:
                 self._write(batch)
@@ -378,6 +389,69 @@ class LockStep:
         if self._paused and len(held) < _HELD_MAX // 2:
             self._paused = False
             self.s.resume_client_reading()
+
+    # -- reads served by the read store (read-new) --------------------------------------
+
+    def _routable(self) -> bool:
+        """Idle, nothing in flight, and the mode reads from the other store."""
+        s = self.s
+        mode = s.mode
+        if mode.read_store is mode.authoritative or mode.read_store is not Store.NEW:
+            return False
+        if self.block or self.writes or s.outstanding or s.status != _IDLE or s.tracker.pending:
+            return False
+        if self.route is None:
+            manager = s.server.mirror_manager
+            if manager is None or s.mirror is None:
+                return False
+            self.route = ReadRoute(s, manager, s.mirror.params)
+        return self.route.usable()
+
+    def _route(self, batch: list[Any]) -> None:
+        self.state = ROUTED
+        self.s.server.spawn(self._run_route(batch))
+
+    async def _run_route(self, batch: list[Any]) -> None:
+        s = self.s
+        route = self.route
+        assert route is not None
+        started = perf_counter()
+        try:
+            served = await route.run(batch)
+        except MirrorUnavailable as exc:
+            s.log.warning("session %d: %s", s.id, exc)
+            s._fail("08006", "shadowproxy: the read store connection was lost mid-answer")
+            return
+        if self.state != ROUTED:
+            return  # the session ended meanwhile
+        self.state = FLOWING
+        if served:
+            stats = s.server.statement_counters(Store.NEW.value)[Kind.READ]
+            for e in batch:
+                if type(e) is ev.Query or type(e) is ev.Execute:
+                    stats.inc()
+            metrics.UPSTREAM_LATENCY.labels(Store.NEW.value).observe(perf_counter() - started)
+            s.at_boundary()
+            if self.state == FLOWING:
+                self._pump()
+            return
+        # Served by the authoritative store after all: forwarded as any request is.
+        self.held.extendleft(reversed(batch))
+        out: list[bytes] = []
+        for _ in batch:
+            self._take(out)
+        self._write(out)
+        self._pump()
+
+    def closed(self) -> None:
+        """The session ended: its own connections to the other store go."""
+        if self.state == ROUTED:
+            self.state = FLOWING
+        if self.shadow is not None:
+            self.shadow.close()
+        if self.route is not None:
+            self.route.close()
+            self.route = None
 
     def _unknown_tables(self, e: Any) -> list[str]:
         """Tables a write names that the catalog lacks and was not re-read for."""

@@ -37,7 +37,7 @@ _SHUTDOWN_GRACE = 10.0
 
 
 # The modes the relay implements per session today (see README, "The mode ladder").
-RUNNABLE = (Mode.OLD_ONLY, Mode.DUAL_WRITE, Mode.SHADOW_READ)
+RUNNABLE = (Mode.OLD_ONLY, Mode.DUAL_WRITE, Mode.SHADOW_READ, Mode.READ_NEW)
 
 
 class ProxyServer:

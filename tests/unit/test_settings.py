@@ -283,7 +283,10 @@ def test_new_dsn_optional_at_the_ends_of_the_ladder(mode: str) -> None:
             {"SHADOW_MODE": "sideways"},
             "SHADOW_MODE: must be one of old-only, dual-write, shadow-read, read-new, write-new, new-only",
         ),
-        ({"SHADOW_MIRROR_CONSISTENCY": "lockstep"}, "SHADOW_MIRROR_CONSISTENCY: must be one of sync or async"),
+        (
+            {"SHADOW_MIRROR_CONSISTENCY": "lockstep"},
+            "SHADOW_MIRROR_CONSISTENCY: must be one of sync or async",
+        ),
         ({"SHADOW_MIRROR_SYNC_TIMEOUT": "0"}, "SHADOW_MIRROR_SYNC_TIMEOUT: must be > 0"),
         ({"SHADOW_MIRROR_QUEUE_MAX_UNITS": "0"}, "SHADOW_MIRROR_QUEUE_MAX_UNITS: must be > 0"),
         (

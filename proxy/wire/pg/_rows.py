@@ -38,6 +38,7 @@ def _end(body: bytes, start: int, length: int) -> int:
         raise ProtocolError("value runs past the end of the message")
     return end
 
+
 _I16 = Struct("!h")
 _U16 = Struct("!H")
 _I32 = Struct("!i")
