@@ -183,13 +183,21 @@ MIRROR_SYNC_WAIT = Histogram(
 MIRROR_SYNC_FALLBACKS = Counter(
     "shadowproxy_mirror_sync_fallbacks_total",
     "sync consistency: transactions mirrored after their commit instead of in lock-step, by "
-    "reason (timeout, journal, multi-statement transaction control, no transaction block).",
+    "reason (timeout, journal, parked: new-only began under the commit, multi-statement "
+    "transaction control, no transaction block).",
     ["reason"],
     registry=REGISTRY,
 )
 SEQUENCES_ADVANCED = Counter(
     "shadowproxy_sequences_advanced_total",
     "Mirror-store sequences moved forward to the authoritative store's value.",
+    registry=REGISTRY,
+)
+AUTHORITY_SWITCHES = Counter(
+    "shadowproxy_authority_switches_total",
+    "Sessions that moved their writes to another store in place (write-new and back), "
+    "by the store they moved to and outcome (moved; failed: the session stays, retried).",
+    ["store", "outcome"],
     registry=REGISTRY,
 )
 READ_ROUTE_FALLBACKS = Counter(

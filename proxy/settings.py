@@ -209,6 +209,12 @@ class Settings(BaseSettings):
     # read-new: the longest an autocommit read waits for the session's own mirrored
     # writes to reach the read store; then the authoritative store serves it (counted).
     read_your_writes_timeout: float = 1.0
+    # write-new (and back): the longest a session waits, at its boundary, for the mirror
+    # feeding the store that becomes authoritative to catch up; then it stays put.
+    authority_switch_timeout: float = 10.0
+    # Keys skipped when writes move to a store: its sequences start this many steps
+    # ahead, so sessions still writing on the other store cannot draw the same keys.
+    sequence_headroom: int = 10_000
     mirror_queue_max_units: int = 10_000
     mirror_queue_max_bytes: int = 64 * MIB
     mirror_connect_timeout: float = 5.0
@@ -303,6 +309,7 @@ class Settings(BaseSettings):
         "sequence_sync_interval",
         "shadow_read_max_inflight",
         "read_your_writes_timeout",
+        "authority_switch_timeout",
         "startup_timeout",
         "control_poll_interval",
         "control_compare_max_age",

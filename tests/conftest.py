@@ -65,9 +65,13 @@ class PgPair:
                 c.execute(sql)  # type: ignore[arg-type]
 
     def table_digest(
-        self, which: str, table: str, columns: str = "*", order: str = "1"
+        self, which: str, table: str, columns: str = "*", order: str = "whole_row_::text"
     ) -> tuple[int, str]:
-        """(row count, md5 of all rows in a stable order), computed by the database."""
+        """(row count, md5 of all rows in a stable order), computed by the database.
+
+        The default order is the rows' text, not the physical order (which two
+        stores fed by concurrent sessions need not share).
+        """
         with self.connect(which) as c:
             row = c.execute(
                 # The row alias must not be a column name of the table (a column "r"
@@ -78,7 +82,9 @@ class PgPair:
             assert row is not None
             return int(row[0]), str(row[1])
 
-    def assert_same(self, table: str, columns: str = "*", order: str = "1") -> tuple[int, str]:
+    def assert_same(
+        self, table: str, columns: str = "*", order: str = "whole_row_::text"
+    ) -> tuple[int, str]:
         old = self.table_digest("old", table, columns, order)
         new = self.table_digest("new", table, columns, order)
         assert old == new, f"{table}: old {old} != new {new}"

@@ -58,6 +58,7 @@ class MirrorConnection:
         self._statements: dict[bytes, str] = {}
         self._next_name = 0
         self.fresh = True  # session state (prelude) not yet applied
+        self.backend_key: tuple[int, bytes] | None = None
 
     @property
     def connected(self) -> bool:
@@ -89,8 +90,10 @@ class MirrorConnection:
             if t == 0x45:  # ErrorResponse
                 fields = error_fields(body)
                 raise ProtocolError(f"{fields.get('C', '')} {fields.get('M', '')}")
-            if t == 0x5A:  # ReadyForQuery (BackendKeyData, ParameterStatus: not needed)
+            if t == 0x5A:  # ReadyForQuery (ParameterStatus: not needed)
                 return
+            if t == 0x4B:  # BackendKeyData: to cancel this backend's statements
+                self.backend_key = (unpack_from("!i", body)[0], body[4:8])
             elif t == 0x52:
                 code = unpack_from("!i", body)[0]
                 pw = self._password or ""
@@ -116,6 +119,19 @@ class MirrorConnection:
         if self._writer is None:
             raise MirrorUnavailable("connection is closed")
         self._writer.write(data)
+
+    def detach(self) -> tuple[asyncio.Transport, object]:
+        """Hand the socket over (it becomes a client session's upstream); the
+        second value must be kept as long as the socket is used (a StreamWriter
+        closes its transport when it is garbage collected)."""
+        writer, reader = self._writer, self._reader
+        if writer is None or reader is None:
+            raise MirrorUnavailable("connection is closed")
+        if reader._buffer:  # type: ignore[attr-defined]  # nothing may be left unread
+            raise ProtocolError("unread data on a connection being handed over")
+        self._writer = None
+        self._reader = None
+        return writer.transport, writer  # type: ignore[return-value]
 
     @property
     def reader(self) -> asyncio.StreamReader:

@@ -60,31 +60,38 @@ class MirrorConfig:
     # The authoritative store, for sequences (None: no credentials to read them).
     source: Endpoint | None = None
     sequence_sync_interval: float = 2.0
+    label: str = "new"  # the store the mirror writes to
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MirrorConfig:
+    def from_settings(cls, settings: Settings, to_old: bool = False) -> MirrorConfig:
+        """The mirror to the new store; ``to_old``: the one write-new mirrors to the
+        old store with (its own journal, under ``journal_dir``/to-old)."""
         new = settings.new_dsn
         if new is None:
             raise ValueError("SHADOW_NEW_DSN: required to mirror")
+        old = Endpoint(
+            settings.old_dsn.host,
+            settings.old_dsn.port,
+            settings.old_dsn.user or new.user,
+            settings.old_dsn.password,
+            settings.old_dsn.database or new.database,
+        )
+        new_end = Endpoint(new.host, new.port, new.user, new.password, new.database)
+        target, source = (old, new_end) if to_old else (new_end, old)
         return cls(
-            host=new.host,
-            port=new.port,
-            user=new.user,
-            password=new.password,
-            database=new.database,
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            database=target.database,
             connect_timeout=settings.mirror_connect_timeout,
             apply_timeout=settings.mirror_apply_timeout,
             queue_max_units=settings.mirror_queue_max_units,
             queue_max_bytes=settings.mirror_queue_max_bytes,
-            journal_dir=settings.journal_dir,
-            source=Endpoint(
-                settings.old_dsn.host,
-                settings.old_dsn.port,
-                settings.old_dsn.user or new.user,
-                settings.old_dsn.password,
-                settings.old_dsn.database or new.database,
-            ),
+            journal_dir=settings.journal_dir / "to-old" if to_old else settings.journal_dir,
+            source=source,
             sequence_sync_interval=settings.sequence_sync_interval,
+            label="old" if to_old else "new",
         )
 
 
@@ -118,6 +125,17 @@ def check_results(unit: Unit, results: list[ItemResult], divergences: Divergence
         divergences.record("rowcount", **where, new=res.tags)
         clean = False
     return clean
+
+
+_MANAGERS: list[MirrorManager] = []
+
+
+def publish_backlog() -> None:
+    """The queue and journal gauges: every mirror of the process (one per direction),
+    except a parked one (its journal waits for a revert; it is not a backlog)."""
+    live = [m for m in _MANAGERS if not m.parked]
+    metrics.MIRROR_QUEUE_DEPTH.set(sum(m.queued_units for m in live))
+    metrics.JOURNAL_BACKLOG.set(sum(m.journal.pending() for m in live))
 
 
 class MirrorManager:
@@ -160,8 +178,12 @@ class MirrorManager:
         self.sequences_synced_at = 0.0
         self._sequences: asyncio.Task[None] | None = None
         self.sequences_error = ""
-        self.store_label = "new"  # the store the mirror writes to (old in write-new)
-        metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+        self.store_label = config.label  # the store the mirror writes to
+        # new-only: units are journaled, not applied, so a revert to write-new replays
+        # them on the old store (nothing is lost); see park().
+        self.parked = False
+        _MANAGERS.append(self)
+        publish_backlog()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -176,6 +198,9 @@ class MirrorManager:
         c = self.config
         assert c.source is not None
         while True:
+            if self.parked:  # new-only: the old store may be gone
+                await asyncio.sleep(c.sequence_sync_interval)
+                continue
             try:
                 n = await sync_sequences(c.source, self.endpoint, c.apply_timeout)
                 metrics.SEQUENCES_ADVANCED.inc(n)
@@ -313,12 +338,37 @@ class MirrorManager:
 
     def start_journaling(self, reason: str) -> None:
         if not self.journaling:
-            log.warning("mirror: switching to the journal (%s)", reason)
+            level = logging.INFO if reason == "parked" else logging.WARNING
+            log.log(level, "mirror: switching to the journal (%s)", reason)
             self.episode += 1
             self.journaling = True
             self.journal_reason = reason
             self._pulse()
         self._wake.set()
+
+    def park(self) -> None:
+        """new-only: stop applying; what comes is journaled for a revert to replay."""
+        if self.parked:
+            return
+        self.parked = True
+        self.start_journaling("parked")
+        publish_backlog()
+
+    def unpark(self) -> None:
+        if self.parked:
+            self.parked = False
+            self._wake.set()  # the replayer catches the store up, then live again
+            publish_backlog()
+
+    def drained(self) -> bool:
+        """Everything submitted has been applied on the mirror store."""
+        return (
+            not self.parked
+            and not self.journaling
+            and self.queued_units == 0
+            and self.inflight == 0
+            and self.journal.pending() == 0
+        )
 
     def journal_units(self, units: list[Unit], reason: str) -> None:
         if not units:
@@ -328,7 +378,7 @@ class MirrorManager:
             self.finished(u.order)
         metrics.JOURNAL_APPENDED.inc(len(units))
         metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
-        metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+        publish_backlog()
 
     def _spill_all(self, reason: str) -> None:
         """Every queued unit of every session to the journal, in commit order."""
@@ -368,6 +418,8 @@ class MirrorManager:
             if not self.direct:
                 self._spill_all(self.journal_reason)
                 self.direct = True
+            if self.parked:
+                continue  # kept for a revert (unpark wakes this loop)
             try:
                 n = await replay_pending(
                     self.journal,
@@ -378,10 +430,10 @@ class MirrorManager:
                 )
             except MirrorUnavailable as exc:
                 self.last_error = str(exc)
-                metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+                publish_backlog()
                 delay = min(delay * 2, 5.0)
                 continue
-            metrics.JOURNAL_BACKLOG.set(self.journal.pending())
+            publish_backlog()
             if n:
                 log.info("mirror: replayed %d journaled units", n)
             delay = 0.5
@@ -407,6 +459,7 @@ class MirrorManager:
             "catalog_error": self.catalog_error,
             "sequences_synced_at": self.sequences_synced_at,
             "sequences_error": self.sequences_error,
+            "parked": self.parked,
         }
 
 
@@ -447,7 +500,7 @@ class SessionMirror:
     def _account(self, units: int, size: int) -> None:
         self.manager.queued_units += units
         self.manager.queued_bytes += size
-        metrics.MIRROR_QUEUE_DEPTH.set(self.manager.queued_units)
+        publish_backlog()
 
     def take_all(self) -> list[Unit]:
         units = list(self.queue)

@@ -162,6 +162,19 @@ class Recorder:
         st = self._statements.get(name)
         return st[1] if st is not None else None
 
+    def replan(self) -> None:
+        """The pinner changed (the mirror runs the other way): plan every statement
+        again, as the proxy prepared them on the new authoritative connection."""
+        pinner = self.pinner
+        self._portals.clear()
+        self._portal_pins.clear()
+        self._executed.clear()
+        for name, (sql, _, kind) in self._statements.items():
+            if pinner is not None and (kind is Kind.WRITE or kind is Kind.DDL):
+                self._pins[name] = pinner.plan(sql)
+            else:
+                self._pins.pop(name, None)
+
     def statement_pin(self, name: str) -> Plan | Unpinnable | None:
         return self._pins.get(name)
 

@@ -22,8 +22,12 @@ FROM pg_sequences
 WHERE last_value IS NOT NULL
 """
 # Advances only: a sequence the mirror store has already moved past stays put.
+# $4: headroom (in increments) added when it moves (see sync_sequences).
 _ADVANCE = """
-SELECT setval(format('%I.%I', s.schemaname, s.sequencename), $3, true)
+SELECT setval(
+    format('%I.%I', s.schemaname, s.sequencename),
+    CASE WHEN s.increment_by > 0 THEN least(s.max_value, $3 + $4 * s.increment_by) ELSE $3 END,
+    true)
 FROM pg_sequences s
 WHERE s.schemaname = $1 AND s.sequencename = $2
   AND (s.last_value IS NULL OR s.last_value < $3)
@@ -53,8 +57,15 @@ async def connect_endpoint(end: Endpoint, timeout: float) -> Any:
     )
 
 
-async def sync_sequences(source: Endpoint, target: Endpoint, timeout: float) -> int:
-    """Advance ``target``'s sequences to ``source``'s values; return how many moved."""
+async def sync_sequences(
+    source: Endpoint, target: Endpoint, timeout: float, headroom: int = 0
+) -> int:
+    """Advance ``target``'s sequences to ``source``'s values; return how many moved.
+
+    ``headroom``: when writes move to ``target``, sessions still on ``source``
+    keep drawing keys there until their next transaction boundary; starting
+    ``target``'s sequences that far ahead keeps the two ranges apart.
+    """
     src = await connect_endpoint(source, timeout)
     try:
         wanted = await src.fetch(_READ, timeout=timeout)
@@ -66,7 +77,7 @@ async def sync_sequences(source: Endpoint, target: Endpoint, timeout: float) -> 
     moved = 0
     try:
         for schema, name, value in wanted:
-            row = await dst.fetchrow(_ADVANCE, schema, name, value, timeout=timeout)
+            row = await dst.fetchrow(_ADVANCE, schema, name, value, headroom, timeout=timeout)
             moved += row is not None
     finally:
         await dst.close()

@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.classify import Kind, fingerprint, kind_of_tag, tables_of
+from proxy.mirror.connection import MirrorUnavailable
 from proxy.mirror.recorder import Recorder
 from proxy.mirror.unit import Unit
+from proxy.relay import switch
 from proxy.relay.lockstep import ENDING, Internal, LockStep
+from proxy.relay.switch import SwitchFailed
 from proxy.relay.upstream import UpstreamProtocol
-from proxy.routing import Mode
+from proxy.routing import Mode, Store
 from proxy.wire.pg import (
     BOUNDARIES,
     OUTCOMES,
@@ -46,7 +49,7 @@ from proxy.wire.pg import messages as m
 from proxy.wire.pg._tracker import E, F, Q, S
 
 if TYPE_CHECKING:
-    from proxy.mirror.manager import SessionMirror
+    from proxy.mirror.manager import MirrorManager, SessionMirror
     from proxy.relay.server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,13 @@ class ClientSession(asyncio.Protocol):
         self.mode = server.mode  # applied at transaction boundaries (see _apply_mode)
         self.tls = False
         self._writable: asyncio.Future[None] | None = None  # see client_writable
+        self.manager: MirrorManager | None = None  # the mirror this session records for
+        self._sync = server.settings.mirror_consistency == "sync"
+        # Moving the authoritative store (switch.py): the client's bytes meanwhile.
+        self.switching = False
+        self._switch_buf: list[bytes] = []
+        self._switch_retry_at = 0.0
+        self._state_known = False  # the session's state was just replayed: no learn()
         self.stats = server.statement_counters(self.store)
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
         self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
@@ -121,6 +131,9 @@ class ClientSession(asyncio.Protocol):
             and self.phase == READY
         ):  # an idle session takes a new mode before its next request
             self._apply_mode()
+        if self.switching:  # moving to the other store: the request waits for it
+            self._switch_buf.append(data)
+            return
         frames = self.frames
         if frames is not None:  # nothing mirrored: bytes untouched, headers checked
             upstream = self.upstream
@@ -430,40 +443,146 @@ class ClientSession(asyncio.Protocol):
     # -- mode changes ------------------------------------------------------------------
 
     def _apply_mode(self) -> None:
-        """At a transaction boundary: start or stop mirroring as the new mode says.
-
-        Only the mirroring changes inside a session; a mode that moves the
-        authoritative store is refused by the server before it reaches here.
+        """At a transaction boundary: start or stop mirroring as the new mode says,
+        or move the session to the store that becomes authoritative (switch.py).
         Deferred to the next boundary while a request is half-read.
         """
         mode = self.server.mode
-        wants = mode.mirror_store is not None and self.server.mirror_manager is not None
-        if wants and not self.recorder.mirroring:
+        if self.lockstep is not None and self.lockstep.state:
+            return  # a commit, a routed read or a catalog read under way: next boundary
+        if mode.authoritative.value != self.store:
+            self._switch_authority(mode)
+            return
+        manager = self.server.manager_for(mode)
+        if manager is not None and not self.recorder.mirroring:
             if self.frames is not None and not self.frames.at_boundary:
                 return
             self.frames = None  # the parser (past startup, its buffer empty) reads on
             self._open_mirror(mode)
-            if self.lockstep is not None:
+            if self.lockstep is not None and not self._state_known:
                 self.lockstep.learn()
-        elif not wants and self.recorder.mirroring:
-            lockstep = self.lockstep
-            if lockstep is not None and (lockstep.held or lockstep.filtering):
-                return
-            if self.mirror is not None:
-                self.mirror.close()  # its queue is still applied
-                self.mirror = None
-            self.recorder.mirroring = False
-            if lockstep is not None:
-                lockstep.closed()
-            self.lockstep = None
-            self.scanner.tracked = BOUNDARIES
-            rest = self.parser.take_buffer()
-            self.frames = FrameChecker(self.server.settings.max_message_size)
-            if rest:
-                self.data_received(rest)
-        if self.lockstep is not None and mode.read_store is mode.authoritative:
-            self.lockstep.closed()  # no reads on the other store any more
+        elif manager is None and self.recorder.mirroring and not self._stop_mirroring():
+            return
+        if self.lockstep is not None:
+            if mode.read_store is mode.authoritative:
+                self.lockstep.closed()  # no reads on the other store any more
+            # new-only journals for a revert: nothing to wait for at commits.
+            self.lockstep.sync = self._sync and mode is not Mode.NEW_ONLY
         self.mode = mode
+
+    def _stop_mirroring(self, refeed: bool = True) -> bool:
+        lockstep = self.lockstep
+        if lockstep is not None and (lockstep.held or lockstep.filtering or lockstep.state):
+            return False
+        if self.mirror is not None:
+            self.mirror.close()  # its queue is still applied
+            self.mirror = None
+        self.recorder.mirroring = False
+        if lockstep is not None:
+            lockstep.closed()
+        self.lockstep = None
+        self.scanner.tracked = BOUNDARIES
+        rest = self.parser.take_buffer()
+        self.frames = FrameChecker(self.server.settings.max_message_size)
+        if rest and refeed:
+            self.data_received(rest)
+        elif rest:  # a request's first bytes: they go before what waited for the move
+            self._switch_buf.insert(0, rest)
+        return True
+
+    # -- moving the authoritative store (switch.py) -------------------------------------
+
+    def quiet_for_switch(self) -> bool:
+        """Holds no transaction open and no request in flight on its store."""
+        if self.switching or self.phase != READY:
+            return True
+        lockstep = self.lockstep
+        return (
+            self.status == _IDLE
+            and not self.outstanding
+            and (lockstep is None or (not lockstep.state and not lockstep.held))
+        )
+
+    def _switch_authority(self, mode: Mode) -> None:
+        if self.switching or perf_counter() < self._switch_retry_at:
+            return
+        lockstep = self.lockstep
+        if lockstep is not None and (lockstep.held or lockstep.filtering or lockstep.state):
+            return  # not quiet yet: the next boundary
+        if self.frames is not None and not self.frames.at_boundary:
+            return
+        self.switching = True
+        self.server.spawn(self._switch(mode))
+
+    async def _switch(self, mode: Mode) -> None:
+        target = mode.authoritative
+        timeout = self.server.settings.mirror_connect_timeout
+        try:
+            why = await self.server.authority_ready(target)
+            if why:
+                raise SwitchFailed(why)
+            if self.phase != READY:
+                return
+            settings, statements = await switch.learn(self, timeout)
+            if self.phase != READY:
+                return
+            transport, keep, key, prelude = await switch.open_authoritative(
+                self,
+                self.server.dsn_of(target),
+                self._startup_params(),
+                settings,
+                statements,
+                self.server.manager_for(mode),
+                timeout,
+            )
+        except (SwitchFailed, MirrorUnavailable, ProtocolError, OSError, TimeoutError) as exc:
+            metrics.AUTHORITY_SWITCHES.labels(target.value, "failed").inc()
+            self.log.warning(
+                "session %d: stays on the %s store for now: %s", self.id, self.store, exc
+            )
+            self._switch_retry_at = perf_counter() + 5.0
+            self._switched()
+            return
+        if self.phase != READY:
+            transport.close()
+            return
+        old = self.upstream
+        proto = UpstreamProtocol(self)
+        proto.keep = keep
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        self.upstream = proto
+        if old is not None:
+            old.detach()
+        self.old_key = key
+        self.store = target.value
+        self.stats = self.server.statement_counters(self.store)
+        self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
+        self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
+        # The mirror now runs the other way: stop, then start as the mode says.
+        if self.recorder.mirroring:
+            self._stop_mirroring(refeed=False)
+        self.recorder.prelude[:] = prelude
+        self._state_known = True
+        self._apply_mode()
+        self._state_known = False
+        self.recorder.replan()
+        metrics.AUTHORITY_SWITCHES.labels(target.value, "moved").inc()
+        self._switched()
+
+    def _switched(self) -> None:
+        """Let the client's requests that waited for the move go on."""
+        self.switching = False
+        rest, self._switch_buf = self._switch_buf, []
+        if rest and self.phase == READY:
+            self.data_received(b"".join(rest))
+
+    def _startup_params(self) -> dict[str, str]:
+        if self.startup is None:
+            return {}
+        return {
+            k: v for k, v in self.startup.params if k not in ("user", "database", "replication")
+        }
 
     def _ready(self, status: int) -> None:
         """ReadyForQuery: a request batch ended; a transaction boundary if idle."""
@@ -524,13 +643,12 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def _open_mirror(self, mode: Mode | None = None) -> None:
-        manager = self.server.mirror_manager
         mode = mode or self.server.mode
-        if manager is None or mode.mirror_store is None or self.startup is None:
+        manager = self.server.manager_for(mode)
+        if manager is None or self.startup is None:
             return
-        params = {
-            k: v for k, v in self.startup.params if k not in ("user", "database", "replication")
-        }
+        self.manager = manager
+        params = self._startup_params()
         self.recorder.prelude.extend(
             f"SET {k} = '{v.replace(chr(39), chr(39) * 2)}'"
             for k, v in self.startup.params
@@ -544,6 +662,7 @@ class ClientSession(asyncio.Protocol):
         self.recorder.mirroring = True
         # Parses before forwarding: holds commits (sync) and rewrites pinned writes.
         self.lockstep = LockStep(self)
+        self.lockstep.sync = self._sync and mode is not Mode.NEW_ONLY
         self.scanner.tracked = OUTCOMES
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -582,7 +701,7 @@ class ClientSession(asyncio.Protocol):
             tables=sorted({t for it in unit.items for t in tables_of(it.sql)}),
             reason=reason,
         )
-        manager = self.server.mirror_manager
+        manager = self.manager
         if manager is not None:
             manager.reject(unit)
 
@@ -601,4 +720,5 @@ class ClientSession(asyncio.Protocol):
 
     def forward_cancel(self) -> None:
         if self.old_key is not None:
-            self.server.spawn(self.server.send_cancel(self.server.authoritative_dsn, *self.old_key))
+            dsn = self.server.dsn_of(Store(self.store))
+            self.server.spawn(self.server.send_cancel(dsn, *self.old_key))

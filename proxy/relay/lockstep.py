@@ -262,7 +262,7 @@ class LockStep:
     def _sample(self, e: Any) -> None:
         """Maybe shadow this autocommit read (see shadow.py)."""
         s = self.s
-        reader = s.server.shadow_reader
+        reader = s.server.shadow_readers.get(id(s.manager))
         req = s.tracker.tail
         if reader is None or req is None or s.mirror is None:
             return
@@ -401,7 +401,7 @@ class LockStep:
         if self.block or self.writes or s.outstanding or s.status != _IDLE or s.tracker.pending:
             return False
         if self.route is None:
-            manager = s.server.mirror_manager
+            manager = s.manager
             if manager is None or s.mirror is None:
                 return False
             self.route = ReadRoute(s, manager, s.mirror.params)
@@ -460,7 +460,7 @@ class LockStep:
             return []
         if classify(e.sql) is not Kind.WRITE:
             return []
-        manager = self.s.server.mirror_manager
+        manager = self.s.manager
         if manager is None:
             return []
         pinner = manager.pinner
@@ -472,7 +472,7 @@ class LockStep:
     def _wait_catalog(self, names: list[str]) -> None:
         """A write on a table created since the catalog was read: read it again
         before the statement goes out (pinning needs the table's defaults)."""
-        manager = self.s.server.mirror_manager
+        manager = self.s.manager
         assert manager is not None
         self.state = CATALOG
 
@@ -535,7 +535,11 @@ class LockStep:
     def _mirrored(self, unit: Unit, waiter: asyncio.Future[bool]) -> None:
         if self._unit is not unit:
             return  # timed out earlier: the commit already went on
-        if waiter.cancelled() or not waiter.result():
+        manager = self.s.manager
+        if manager is not None and manager.parked:
+            # new-only began under this commit: journaled for a revert, as intended.
+            metrics.MIRROR_SYNC_FALLBACKS.labels("parked").inc()
+        elif waiter.cancelled() or not waiter.result():
             # The mirror failed under this commit: reported once per waiting commit;
             # later commits go straight to the journal and are only counted.
             metrics.MIRROR_SYNC_FALLBACKS.labels("journal").inc()
@@ -545,7 +549,7 @@ class LockStep:
     def _timed_out(self, unit: Unit) -> None:
         if self._unit is not unit:
             return
-        manager = self.s.server.mirror_manager
+        manager = self.s.manager
         if manager is not None:  # the unit and everything after it go to the journal
             manager.start_journaling("sync-timeout")
         metrics.MIRROR_SYNC_FALLBACKS.labels("timeout").inc()
@@ -553,7 +557,7 @@ class LockStep:
         self._release()
 
     def _deferred(self, unit: Unit, reason: str) -> None:
-        manager = self.s.server.mirror_manager
+        manager = self.s.manager
         if manager is not None:
             if manager.reported_episode == manager.episode:
                 return  # this failure is already in the log; the metric counts the rest

@@ -25,6 +25,7 @@ from proxy.control.controller import ModeController
 from proxy.control.statefile import ModeState
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.manager import MirrorConfig, MirrorManager
+from proxy.mirror.sequences import sync_sequences
 from proxy.relay.client import ClientSession
 from proxy.relay.shadow import ShadowReader
 from proxy.routing import Mode, Store
@@ -34,10 +35,6 @@ from proxy.wire.pg import messages as m
 log = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE = 10.0
-
-
-# The modes the relay implements per session today (see README, "The mode ladder").
-RUNNABLE = (Mode.OLD_ONLY, Mode.DUAL_WRITE, Mode.SHADOW_READ, Mode.READ_NEW)
 
 
 class ProxyServer:
@@ -53,21 +50,34 @@ class ProxyServer:
         self._session_seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.divergences = DivergenceLog(settings.divergence_log)
+        # One mirror per direction: to the new store while the old one is
+        # authoritative, to the old store from write-new on (parked in new-only).
         self.mirror_manager: MirrorManager | None = None
+        self.reverse_manager: MirrorManager | None = None
+        self.shadow_readers: dict[int, ShadowReader] = {}  # id(manager) -> its reader
         if settings.new_dsn is not None:
             self.mirror_manager = MirrorManager(
                 MirrorConfig.from_settings(settings), self.divergences
             )
-        # Shadow reads (shadow-read mode): run on the mirror store, re-checked on the old.
-        self.shadow_reader: ShadowReader | None = None
-        if self.mirror_manager is not None and self.mirror_manager.config.source is not None:
-            self.shadow_reader = ShadowReader(
-                self.mirror_manager,
-                self.mirror_manager.config.source,
-                settings.shadow_read_fraction,
-                settings.shadow_read_max_inflight,
-                self.divergences,
+            self.reverse_manager = MirrorManager(
+                MirrorConfig.from_settings(settings, to_old=True), self.divergences
             )
+            self.reverse_manager.parked = self.mode is Mode.NEW_ONLY
+        # Shadow reads: run on the mirror store, re-checked on the store that answered.
+        for manager in (self.mirror_manager, self.reverse_manager):
+            if manager is not None and manager.config.source is not None:
+                self.shadow_readers[id(manager)] = ShadowReader(
+                    manager,
+                    manager.config.source,
+                    settings.shadow_read_fraction,
+                    settings.shadow_read_max_inflight,
+                    self.divergences,
+                )
+        self.shadow_reader = (
+            self.shadow_readers.get(id(self.mirror_manager)) if self.mirror_manager else None
+        )
+        # Moving the authoritative store: one preparation per target (see authority_ready).
+        self._authority: dict[Store, tuple[float, asyncio.Future[str]]] = {}
         self.tls_context: ssl.SSLContext | None = None
         if settings.tls_cert and settings.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -87,25 +97,91 @@ class ProxyServer:
     def _cannot_run(self, mode: Mode) -> str | None:
         if mode is not Mode.OLD_ONLY and self.settings.new_dsn is None:
             return "SHADOW_NEW_DSN is not set on this instance"
-        if mode not in RUNNABLE:
-            # Reads served by the new store and the authoritative switch are not built
-            # into the relay yet: refusing keeps an SRE from believing otherwise.
-            return f"this build runs {', '.join(m.value for m in RUNNABLE)} only"
         return None
 
     def _mode_changed(self, state: ModeState) -> None:
         """Sessions read ``self.mode`` at their next transaction boundary."""
         self.mode, self.epoch = state.mode, state.epoch
+        if self.reverse_manager is not None:
+            if self.mode is Mode.NEW_ONLY:
+                self.reverse_manager.park()
+            else:  # a revert: what new-only journaled reaches the old store first
+                self.reverse_manager.unpark()
         for mode in Mode:
             metrics.MODE_INFO.labels(mode.value).set(1 if mode is self.mode else 0)
         metrics.MODE_EPOCH.set(self.epoch)
 
     @property
     def authoritative_dsn(self) -> Dsn:
-        if self.mode.authoritative is Store.OLD:
+        return self.dsn_of(self.mode.authoritative)
+
+    def dsn_of(self, store: Store) -> Dsn:
+        if store is Store.OLD:
             return self.settings.old_dsn
         assert self.settings.new_dsn is not None
         return self.settings.new_dsn
+
+    def manager_for(self, mode: Mode) -> MirrorManager | None:
+        """The mirror a session in ``mode`` records its writes for (None: none)."""
+        if mode is Mode.NEW_ONLY:
+            return self.reverse_manager  # parked: journaled for a revert
+        if mode.mirror_store is Store.NEW:
+            return self.mirror_manager
+        if mode.mirror_store is Store.OLD:
+            return self.reverse_manager
+        return None
+
+    def authority_ready(self, store: Store) -> asyncio.Future[str]:
+        """Writes may move to ``store`` once the mirror feeding it has applied
+        everything and its sequences are ahead: '' when so, else why not.  One
+        preparation serves every session; a failed one is retried after a pause."""
+        found = self._authority.get(store)
+        if found is not None and (not found[1].done() or time.monotonic() - found[0] < 5.0):
+            return found[1]
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._authority[store] = (time.monotonic(), fut)
+        self.spawn(self._prepare_authority(store, fut))
+        return fut
+
+    async def _prepare_authority(self, store: Store, fut: asyncio.Future[str]) -> None:
+        feeding = self.mirror_manager if store is Store.NEW else self.reverse_manager
+        why = ""
+        if feeding is None:
+            why = "SHADOW_NEW_DSN is not set"
+        else:
+            # Quiesce: sessions reaching their boundary wait (switching); the others
+            # finish their transaction.  Once no transaction is open on the other
+            # store and its mirror has applied everything, all of them move: no two
+            # sessions of this instance ever write first on different stores (their
+            # lock-step mirrors would wait on each other's row locks).
+            deadline = time.monotonic() + self.settings.authority_switch_timeout
+            while True:
+                busy = sum(
+                    1 for s in self.sessions if s.store != store.value and not s.quiet_for_switch()
+                )
+                if not busy and feeding.drained():
+                    break
+                if time.monotonic() > deadline:
+                    why = (
+                        f"{busy} sessions still in a transaction"
+                        if busy
+                        else f"the mirror to the {store.value} store has not caught up"
+                    )
+                    break
+                await asyncio.sleep(0.002)
+            if not why and feeding.config.source is not None:
+                try:
+                    await sync_sequences(
+                        feeding.config.source,
+                        feeding.endpoint,
+                        self.settings.mirror_apply_timeout,
+                        self.settings.sequence_headroom,
+                    )
+                except Exception as exc:  # reported to the sessions, which stay put
+                    why = f"cannot advance the {store.value} store's sequences: {exc}"
+        if why:
+            log.warning("writes cannot move to the %s store yet: %s", store.value, why)
+        fut.set_result(why)
 
     def statement_counters(self, store: str) -> dict[Kind, Any]:
         """Metric children bound once per store, so the hot path only calls inc()."""
@@ -177,16 +253,31 @@ class ProxyServer:
             "draining": self.draining,
             "control": self.control.status(),
         }
+        out["sessions_by_store"] = {
+            store.value: sum(1 for s in self.sessions if s.store == store.value) for store in Store
+        }
         if self.mirror_manager is not None:
             out.update(self.mirror_manager.status())
         else:
             out.update(mirror_queue_depth=0, journal_backlog_units=0)
-        if self.shadow_reader is not None:
+        rev = self.reverse_manager
+        if rev is not None:
+            out["mirror_to_old"] = rev.status()
+            if not rev.parked:  # gates and alerts see both directions' backlog
+                out["mirror_queue_depth"] += rev.queued_units
+                out["journal_backlog_units"] += rev.journal.pending()
+            out["mirror_sessions"] = out.get("mirror_sessions", 0) + len(rev.sessions)
+            out["mirror_inflight"] = out.get("mirror_inflight", 0) + rev.inflight
+        reader = self.shadow_reader
+        if reader is not None:
+            # The reader of the direction in force (write-new shadows on the old store).
+            manager = self.manager_for(self.mode)
+            reader = self.shadow_readers.get(id(manager), reader) if manager else reader
             out["shadow_reads"] = {
-                "fraction": self.shadow_reader.fraction,
-                "inflight": self.shadow_reader.inflight,
-                "outcomes": dict(self.shadow_reader.counts),
-                "parity": self.shadow_reader.parity.table(),
+                "fraction": reader.fraction,
+                "inflight": reader.inflight,
+                "outcomes": dict(reader.counts),
+                "parity": reader.parity.table(),
             }
         return out
 
@@ -201,8 +292,9 @@ class ProxyServer:
         for s in list(self.sessions):
             s.shutdown_now()
         await asyncio.sleep(0.05)
-        if self.mirror_manager is not None:
-            await self.mirror_manager.stop()
+        for manager in (self.mirror_manager, self.reverse_manager):
+            if manager is not None:
+                await manager.stop()
         await self.control.stop()
         for t in list(self._tasks):
             t.cancel()
@@ -213,8 +305,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     proxy = ProxyServer(settings)
     await proxy.control.start()  # the mode to serve with, before the first client
-    if proxy.mirror_manager is not None:
-        proxy.mirror_manager.start()
+    for manager in (proxy.mirror_manager, proxy.reverse_manager):
+        if manager is not None:
+            manager.start()
     admin = await start_admin(
         settings.admin_listen,
         proxy.status,

@@ -164,6 +164,8 @@ class ShadowReader:
         self.inflight = 0
         self.divergences = divergences
         self.parity = Parity()
+        # (the store that answered the client, the store the shadow copy runs on)
+        self.stores = ("new", "old") if manager.store_label == "old" else ("old", "new")
         self.counts: dict[str, int] = {}
         self._random = random.Random()
 
@@ -197,7 +199,7 @@ class ShadowReader:
             theirs = await run_read(conn, sr)
             other = perf_counter() - started
             fp = fingerprint(sr.sql)
-            self.parity.record(fp, elapsed, other, ("old", "new"))
+            self.parity.record(fp, elapsed, other, self.stores)
             if sr.digest.same(theirs):
                 self._count("match")
                 return

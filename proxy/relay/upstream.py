@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from proxy.wire.pg._messages import TERMINATE
+
 if TYPE_CHECKING:
     from proxy.relay.client import ClientSession
 
@@ -12,11 +14,12 @@ if TYPE_CHECKING:
 class UpstreamProtocol(asyncio.Protocol):
     """Hands every chunk to the client session; mirrors flow control back to it."""
 
-    __slots__ = ("session", "transport", "data_received")
+    __slots__ = ("session", "transport", "data_received", "keep")
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
         self.transport: asyncio.Transport | None = None
+        self.keep: object = None  # a socket taken over from a stream (switch.py)
         # Every chunk goes straight to the session: one Python call less per
         # chunk on the hot path (the event loop looks this attribute up once).
         self.data_received = session.upstream_data  # type: ignore[method-assign]
@@ -28,6 +31,15 @@ class UpstreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.session.upstream_lost(exc)
+
+    def detach(self) -> None:
+        """The session moved to another store: this connection only closes now.
+        (A new protocol, not a new data_received: the loop caches the method.)"""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.set_protocol(asyncio.Protocol())
+            transport.write(TERMINATE)
+            transport.close()
 
     # The store cannot take more: stop reading the client until it drains.
     def pause_writing(self) -> None:

@@ -15,6 +15,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import PG_HOST, PG_USER, ProxyProcess, free_port
+from tests.conftest import PG_HOST, PG_USER, ProxyProcess, admin_conn, free_port, pg_dsn
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -177,3 +178,35 @@ def pg_cluster() -> Iterator[PgCluster]:
                 timeout=60,
             )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class ControlDb:
+    name: str
+    role: str  # the proxies' own login, so a test can lock them out
+
+    @property
+    def cli_dsn(self) -> str:  # the operator (superuser)
+        return pg_dsn(self.name)
+
+    @property
+    def proxy_dsn(self) -> str:
+        return pg_dsn(self.name, user=self.role)
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.cli_dsn, autocommit=True) as c:
+            cur = c.execute(sql, params)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+
+
+@pytest.fixture
+def control_db() -> Iterator[ControlDb]:
+    tag = uuid.uuid4().hex[:10]
+    db = ControlDb(f"sp_ctl_{tag}", f"sp_ctl_role_{tag}")
+    with admin_conn() as c:
+        c.execute(f"CREATE ROLE {db.role} LOGIN")  # type: ignore[arg-type]
+        c.execute(f"CREATE DATABASE {db.name} OWNER {db.role}")  # type: ignore[arg-type]
+    yield db
+    with admin_conn() as c:
+        c.execute(f"DROP DATABASE IF EXISTS {db.name} WITH (FORCE)")  # type: ignore[arg-type]
+        c.execute(f"DROP ROLE IF EXISTS {db.role}")  # type: ignore[arg-type]
