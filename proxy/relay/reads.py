@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from proxy import metrics
 from proxy.classify import Kind, classify
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
-from proxy.wire.pg import BOUNDARIES, BackendScanner, ProtocolError
+from proxy.relay.shadow import SessionShadow, ShadowRead
+from proxy.wire.pg import BOUNDARIES, BackendScanner, ProtocolError, error_fields, split_messages
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
 
@@ -106,6 +107,7 @@ class ReadRoute:
         self.prelude: tuple[str, ...] = ()  # settings in force on this connection
         self.timeout = session.server.settings.read_your_writes_timeout
         self.failed_at = 0.0  # the read store refused us lately: no retry for a while
+        self.shadow: SessionShadow | None = None  # shadow reads on the old store
 
     def caught_up(self) -> bool:
         """The read store has every write this session was told committed."""
@@ -150,14 +152,51 @@ class ReadRoute:
         for e in batch:  # what the batch leaves prepared on the read connection
             if type(e) is ev.Parse:
                 self.prepared[""] = e.body
+        sr = self._sample(batch)
         conn.write(b"".join([e.raw for e in batch]))
         try:
-            await self._relay(conn)
+            await self._relay(conn, sr)
         except (MirrorUnavailable, ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
             # Answers may have reached the client already: the session cannot go on.
+            if sr is not None and self.shadow is not None:
+                self.shadow.reader.abandon()
+                self.shadow.busy = False
             self.close()
             raise MirrorUnavailable(f"read store connection lost mid-answer: {exc}") from exc
+        if sr is not None and self.shadow is not None:
+            if sr.digest.error:  # the client got an error: nothing to compare
+                self.shadow.reader.abandon()
+                self.shadow.busy = False
+            else:
+                self.s.server.spawn(self.shadow.run(sr, tuple(self.s.recorder.prelude)))
         return True
+
+    def _sample(self, batch: list[Any]) -> ShadowRead | None:
+        """Maybe shadow this read on the old store (read-new: "on old, compared")."""
+        reader = self.s.server.shadow_readers.get(id(self.s.server.reverse_manager))
+        if reader is None or (self.shadow is not None and self.shadow.busy):
+            return None
+        executes = [e for e in batch if type(e) is ev.Execute]
+        if type(batch[0]) is ev.Query:
+            sr = reader.sample(batch[0].sql, None, None)
+        elif len(executes) == 1 and not executes[0].max_rows:
+            parse = next((e for e in batch if type(e) is ev.Parse), None)
+            bind = next(e for e in batch if type(e) is ev.Bind)
+            if parse is not None:
+                sql, body = parse.sql, parse.body
+            else:
+                st = self.s.recorder.statements.get(bind.statement)
+                if st is None:
+                    return None
+                sql, body = st[0], st[1]
+            sr = reader.sample(sql, body, bind.body)
+        else:
+            return None
+        if sr is not None:
+            if self.shadow is None:
+                self.shadow = SessionShadow(reader, self.params, self.s.id)
+            self.shadow.busy = True
+        return sr
 
     async def _prepared(self, batch: list[Any]) -> MirrorConnection | None:
         """The read connection with the session's settings and the statements the
@@ -211,11 +250,13 @@ class ReadRoute:
         self.prelude = prelude
         return conn
 
-    async def _relay(self, conn: MirrorConnection) -> None:
-        """Answers to the client, chunk by chunk, up to the batch's ReadyForQuery."""
+    async def _relay(self, conn: MirrorConnection, sr: ShadowRead | None) -> None:
+        """Answers to the client, chunk by chunk, up to the batch's ReadyForQuery;
+        a sampled read's answers are digested on the way (never changed)."""
         scanner = BackendScanner(BOUNDARIES)
         s = self.s
         reader = conn.reader
+        pending = b""
         while True:
             chunk = await reader.read(65536)
             if not chunk:
@@ -224,17 +265,32 @@ class ReadRoute:
             if transport is not None:
                 transport.write(chunk)
             done = False
-            for t, _body in scanner.feed(chunk):
+            if sr is not None:
+                msgs, pending = split_messages(pending + chunk)
+                events = [(t, raw[5:]) for t, raw in msgs]
+            else:
+                events = scanner.feed(chunk)
+            for t, body in events:
                 if t == 0x5A:
                     done = True
                 elif t == 0x45:
                     metrics.STATEMENT_ERRORS.labels("new").inc()
+                    if sr is not None:
+                        sr.digest.error = error_fields(body).get("C", "error")
+                elif sr is not None:
+                    if t == 0x44:
+                        sr.digest.add(body)
+                    elif t == 0x54:
+                        sr.digest.describe(body)
             if done:
                 return
             if transport is not None and transport.get_write_buffer_size() > _WRITE_HIGH:
                 await s.client_writable()
 
     def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
+            self.shadow = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None

@@ -270,9 +270,9 @@ class ProxyServer:
             out["mirror_inflight"] = out.get("mirror_inflight", 0) + rev.inflight
         reader = self.shadow_reader
         if reader is not None:
-            # The reader of the direction in force (write-new shadows on the old store).
-            manager = self.manager_for(self.mode)
-            reader = self.shadow_readers.get(id(manager), reader) if manager else reader
+            # The reader in force: once reads are served by new, shadows run on old.
+            if self.mode.read_store is Store.NEW and self.reverse_manager is not None:
+                reader = self.shadow_readers.get(id(self.reverse_manager), reader)
             out["shadow_reads"] = {
                 "fraction": reader.fraction,
                 "inflight": reader.inflight,

@@ -100,8 +100,9 @@ class ShadowRead:
 class Parity:
     """Latency of the same statements on both stores, per fingerprint."""
 
-    def __init__(self) -> None:
+    def __init__(self, stores: tuple[str, str] = ("old", "new")) -> None:
         self.samples: dict[str, tuple[deque[float], deque[float]]] = {}
+        self.stores = stores  # (the store that answered the client, the shadow's)
 
     def label(self, fp: str) -> str:
         if fp in self.samples or len(self.samples) < _MAX_FINGERPRINTS:
@@ -124,6 +125,8 @@ class Parity:
             rows.append(
                 {
                     "fingerprint": fp,
+                    "read_store": self.stores[0],
+                    "shadow_store": self.stores[1],
                     "samples": len(a),
                     "read_store_p50_ms": _pct(a, 0.5),
                     "read_store_p99_ms": _pct(a, 0.99),
@@ -163,9 +166,9 @@ class ShadowReader:
         self.max_inflight = max_inflight
         self.inflight = 0
         self.divergences = divergences
-        self.parity = Parity()
         # (the store that answered the client, the store the shadow copy runs on)
         self.stores = ("new", "old") if manager.store_label == "old" else ("old", "new")
+        self.parity = Parity(self.stores)
         self.counts: dict[str, int] = {}
         self._random = random.Random()
 

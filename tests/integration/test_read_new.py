@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PgPair, pg_dsn
+from tests.integration.test_shadow_reads import shadow_status
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,33 @@ def test_read_store_down_reads_fall_back_to_old(pg_pair: PgPair, proxy_factory: 
             assert conn.execute(f"SELECT count(*) FROM t WHERE id = {MARKER}").fetchone() == (0,)
     metrics = proxy.http("/metrics")[1].decode()
     assert 'shadowproxy_read_route_fallbacks_total{reason="unavailable"}' in metrics
+
+
+def test_shadow_reads_on_old_catch_a_row_changed_behind_the_proxy(
+    pg_pair: PgPair, proxy_factory: Any
+) -> None:
+    """read-new serves reads from new and shadows them on old (the other store)."""
+    pg_pair.run_both(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);"
+        "INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 20) g"
+    )
+    proxy = proxy_factory(
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new), mode="read-new", shadow_read_fraction="1"
+    )
+    with psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM t", prepare=False).fetchone() == (20,)
+        shadow_status(proxy, 1)
+        got = conn.execute("SELECT v FROM t WHERE id = %s", (3,), prepare=True).fetchone()
+        assert got == ("row 3",)
+        status = shadow_status(proxy, 2)
+        assert status["outcomes"] == {"match": 2}, status
+        assert status["parity"][0]["read_store"] == "new", status["parity"]
+
+        with pg_pair.connect("old", autocommit=True) as c:
+            c.execute("UPDATE t SET v = 'changed on old' WHERE id = 3")
+        got = conn.execute("SELECT v FROM t WHERE id = %s", (3,), prepare=True).fetchone()
+        assert got == ("row 3",)  # the new store's answer
+        status = shadow_status(proxy, 3)
+    assert status["outcomes"].get("mismatch") == 1, status
+    events = [e for e in proxy.divergences() if e["kind"] == "read"]
+    assert len(events) == 1 and "WHERE id = $1" in events[0]["fingerprint"], events
