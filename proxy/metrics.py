@@ -127,6 +127,16 @@ UPSTREAM_LATENCY = _HotMetric(
     "histogram",
     _LATENCY_BUCKETS,
 )
+PROXY_HOLD = _HotMetric(
+    "shadowproxy_proxy_hold_seconds",
+    "Latency the proxy adds by holding a client's request before it reaches a store "
+    "(parse, commit waiting for the mirror, catalog read), per request round of a "
+    "mirroring session.  A session that mirrors nothing holds nothing: its bytes are "
+    "forwarded as they arrive.",
+    [],
+    "histogram",
+    _LATENCY_BUCKETS,
+)
 STATEMENT_ERRORS = _HotMetric(
     "shadowproxy_statement_errors",
     "ErrorResponses a store returned to a relayed client request, by store.",
@@ -198,6 +208,13 @@ AUTHORITY_SWITCHES = Counter(
     "Sessions that moved their writes to another store in place (write-new and back), "
     "by the store they moved to and outcome (moved; failed: the session stays, retried).",
     ["store", "outcome"],
+    registry=REGISTRY,
+)
+AUTHORITY_SWITCH_SECONDS = Histogram(
+    "shadowproxy_authority_switch_seconds",
+    "Time a session's next request waited while the session moved its writes to the "
+    "other store (quiesce, state replay, new connection).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
 READ_ROUTE_FALLBACKS = Counter(

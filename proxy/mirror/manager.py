@@ -318,6 +318,11 @@ class MirrorManager:
     async def wait_progress(self) -> None:
         await self._progress.wait()
 
+    def progress_event(self) -> asyncio.Event:
+        """The event the next progress sets (taken now: a task started later
+        would miss a pulse that comes before it runs)."""
+        return self._progress
+
     def finished(self, order: int, live: bool = False) -> None:
         """A unit was applied live or journaled: advance the watermark."""
         if self._waiters:

@@ -517,6 +517,7 @@ class ClientSession(asyncio.Protocol):
     async def _switch(self, mode: Mode) -> None:
         target = mode.authoritative
         timeout = self.server.settings.mirror_connect_timeout
+        started = perf_counter()
         try:
             why = await self.server.authority_ready(target)
             if why:
@@ -568,6 +569,7 @@ class ClientSession(asyncio.Protocol):
         self._state_known = False
         self.recorder.replan()
         metrics.AUTHORITY_SWITCHES.labels(target.value, "moved").inc()
+        metrics.AUTHORITY_SWITCH_SECONDS.observe(perf_counter() - started)
         self._switched()
 
     def _switched(self) -> None:

@@ -101,6 +101,7 @@ _COMMIT = m.query("COMMIT")
 _ROLLBACK = m.query("ROLLBACK")
 _IDLE = ord("I")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
+_HOLD = metrics.PROXY_HOLD.labels()
 _HELD_MAX = 10_000  # events held from the client before its socket stops being read
 
 FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG, LEARNING, ROUTED = range(8)
@@ -170,6 +171,7 @@ class LockStep:
         "_shadows",
         "shadow",
         "route",
+        "_arrived",
     )
 
     def __init__(self, session: ClientSession) -> None:
@@ -199,6 +201,7 @@ class LockStep:
         self._shadows: dict[int, ShadowRead] = {}  # id(request) -> its shadow read
         self.shadow: SessionShadow | None = None
         self.route: ReadRoute | None = None  # read-new: reads on the read store (reads.py)
+        self._arrived = 0.0  # when the oldest request not yet forwarded arrived
 
     @property
     def busy(self) -> bool:
@@ -208,6 +211,8 @@ class LockStep:
     # -- client side -------------------------------------------------------------------
 
     def feed(self, events: list[Any]) -> None:
+        if not self.held and not self._arrived:
+            self._arrived = perf_counter()
         self.held.extend(events)
         if self.state == FLOWING:
             self._pump()
@@ -222,6 +227,10 @@ class LockStep:
         recorder's portals) and queue its bytes in ``batch``."""
         e = self.held.popleft()
         s = self.s
+        if self._arrived:  # the first request of a round goes out: how long it waited
+            now = perf_counter()
+            _HOLD.observe(now - self._arrived)
+            self._arrived = 0.0
         if not s.outstanding and not batch:
             s.batch_started = perf_counter()
         s._track_requests([e])
@@ -408,6 +417,7 @@ class LockStep:
         return self.route.usable()
 
     def _route(self, batch: list[Any]) -> None:
+        self._arrived = 0.0  # a routed read's wait is the read store's (reads.py)
         self.state = ROUTED
         self.s.server.spawn(self._run_route(batch))
 

@@ -124,7 +124,7 @@ class ReadRoute:
             if left <= 0:
                 return False
             try:
-                await asyncio.wait_for(self.manager.wait_progress(), left)
+                await asyncio.wait_for(self.manager.progress_event().wait(), left)
             except TimeoutError:
                 return False
         return True

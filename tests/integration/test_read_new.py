@@ -18,12 +18,18 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.conftest import PgPair, pg_dsn
+from tests.conftest import PgPair, ProxyProcess, pg_dsn
 from tests.integration.test_shadow_reads import shadow_status
 
 pytestmark = pytest.mark.integration
 
 MARKER = 1_000_000
+
+
+def fallbacks(proxy: ProxyProcess) -> list[str]:
+    """The proxy's own account of reads it could not route (for failure messages)."""
+    lines = proxy.http("/metrics")[1].decode().splitlines()
+    return [x for x in lines if x.startswith("shadowproxy_read_route_fallbacks_total{")]
 
 
 def _setup(pg_pair: PgPair) -> None:
@@ -62,7 +68,9 @@ def test_reads_go_to_new_and_see_the_sessions_own_writes(
             got = conn.execute(
                 "SELECT id FROM t WHERE id IN (%s, %s) ORDER BY id", (i, MARKER), prepare=i % 3 == 0
             ).fetchall()
-            assert got == [(i,), (MARKER,)], f"row {i} not read back from the new store"
+            assert got == [(i,), (MARKER,)], (
+                f"row {i} not read back from the new store: {fallbacks(proxy)}"
+            )
         # An error from the read store is the client's error; the session goes on.
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1 / 0")
