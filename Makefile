@@ -3,14 +3,18 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit integration bench bench-compare clean
+.PHONY: test demo lint typecheck unit integration bench bench-compare clean tools
 
-$(STAMP): pyproject.toml
+# System tools, checked on every run (a .venv kept from another machine says nothing
+# about what this one has installed).
+tools:
 	@command -v psql >/dev/null && command -v pgbench >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq postgresql-client postgresql-contrib >/dev/null)
 	@# prometheus and promtool for tests/observability (Debian's package; recommends skipped).
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+
+$(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -25,17 +29,17 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
 
-test: lint typecheck $(STAMP)
+test: tools lint typecheck $(STAMP)
 	$(VENV)/bin/pytest -q tests
 
-demo: $(STAMP)
+demo: tools $(STAMP)
 	$(VENV)/bin/shadowproxy demo
 
-bench: $(STAMP)
+bench: tools $(STAMP)
 	bash tests/bench/pgbench.sh
 
 # Comparator vs reladiff (CPU heavy; BENCH_10M=1 adds 10 000 000-row tables).
-bench-compare: $(STAMP)
+bench-compare: tools $(STAMP)
 	bash tests/bench/compare.sh
 
 clean:
