@@ -80,6 +80,10 @@ def _cmd_journal_status(args: argparse.Namespace) -> int:
         # Read-only: no lock, so it works beside a running proxy that owns the journal.
         with Journal.open_readonly(settings.journal_dir) as journal:
             status: dict[str, Any] = journal.status()
+        to_old = settings.journal_dir / "to-old"  # write-new's mirror to the old store
+        if to_old.exists():
+            with Journal.open_readonly(to_old) as journal:
+                status["to_old"] = journal.status()
     except FileNotFoundError:
         print(f"{PROG}: no journal at {settings.journal_dir}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ def check_results(unit: Unit, results: list[ItemResult], divergences: Divergence
     return clean
 
 
-_MANAGERS: list[MirrorManager] = []
+_MANAGERS: weakref.WeakSet[MirrorManager] = weakref.WeakSet()
 
 
 def publish_backlog() -> None:
@@ -182,7 +183,7 @@ class MirrorManager:
         # new-only: units are journaled, not applied, so a revert to write-new replays
         # them on the old store (nothing is lost); see park().
         self.parked = False
-        _MANAGERS.append(self)
+        _MANAGERS.add(self)
         publish_backlog()
 
     # -- lifecycle -------------------------------------------------------------------

@@ -67,13 +67,25 @@ async def replay_journal(settings: Settings) -> int:
     if settings.new_dsn is None:
         raise ValueError("SHADOW_NEW_DSN: required to replay the journal")
     divergences = DivergenceLog(settings.divergence_log, source="journal-replay")
-    config = MirrorConfig.from_settings(settings)
-    manager = MirrorManager(config, divergences)
+    done = 0
     try:
-        return await replay_pending(
-            manager.journal, manager.connection, divergences, manager.reject, config.apply_timeout
-        )
+        # The journal to the new store, then the one write-new keeps for the old store.
+        for to_old in (False, True):
+            config = MirrorConfig.from_settings(settings, to_old=to_old)
+            if to_old and not config.journal_dir.exists():
+                continue
+            manager = MirrorManager(config, divergences)
+            try:
+                done += await replay_pending(
+                    manager.journal,
+                    manager.connection,
+                    divergences,
+                    manager.reject,
+                    config.apply_timeout,
+                )
+            finally:
+                manager.journal.close()
+                manager.rejected.close()
     finally:
-        manager.journal.close()
-        manager.rejected.close()
         divergences.close()
+    return done
