@@ -28,7 +28,8 @@ from proxy.mirror.connection import MirrorUnavailable
 from proxy.mirror.recorder import Recorder
 from proxy.mirror.unit import Unit
 from proxy.relay import switch
-from proxy.relay.lockstep import ENDING, Internal, LockStep
+from proxy.relay.answers import ENDING, Internal
+from proxy.relay.lockstep import LockStep
 from proxy.relay.switch import SwitchFailed
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.routing import Mode, Store

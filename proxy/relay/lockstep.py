@@ -40,21 +40,36 @@ from typing import TYPE_CHECKING, Any
 from proxy import metrics
 from proxy.classify import Kind, _next_word, _statements, classify, fingerprint, tables_of
 from proxy.mirror.connection import MirrorUnavailable
-from proxy.mirror.pinning import MARKER, Plan
+from proxy.mirror.pinning import Plan
 from proxy.mirror.unit import Unit
+from proxy.relay.answers import (
+    _IDLE,
+    ANSWERS,
+    BEGIN_TOKEN,
+    CATALOG,
+    END_TOKEN,
+    ENDING,
+    FLOWING,
+    LEARNING,
+    MIRROR,
+    ROUTED,
+    SETTINGS_TOKEN,
+    STATEMENTS_TOKEN,
+    WRAPPED,
+    AnswerFilter,
+    Internal,
+    PinDescribe,
+)
 from proxy.relay.reads import ReadRoute, read_batch
 from proxy.relay.shadow import SessionShadow, ShadowRead
+from proxy.relay.switch import LEARN_SETTINGS, LEARN_STATEMENTS, statement_row
 from proxy.routing import Store
-from proxy.wire.pg import OUTCOMES, Completion, Request, split_messages
+from proxy.wire.pg import Completion, Request
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
 from proxy.wire.pg._rows import (
-    NO_DATA,
     bind_result_formats,
     bind_with_result_formats,
-    data_row_split,
-    data_row_values,
-    row_description_cut,
 )
 from proxy.wire.pg._tracker import D, Q
 
@@ -62,49 +77,12 @@ if TYPE_CHECKING:
     from proxy.relay.client import ClientSession
 
 
-class Internal:
-    """Token of a request the proxy itself sent: its answers are not the client's."""
-
-    __slots__ = ("what",)
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-
-BEGIN_TOKEN = Internal("begin")
-END_TOKEN = Internal("end")
-# A session that starts mirroring mid-life (old-only -> dual-write) learns what it
-# did before from the store: its prepared statements and its SETs.
-STATEMENTS_TOKEN = Internal("statements")
-SETTINGS_TOKEN = Internal("settings")
-_LEARN_STATEMENTS = m.query(
-    "SELECT name, statement, from_sql, parameter_types::oid[]::text FROM pg_prepared_statements"
-)
-_LEARN_SETTINGS = m.query(
-    "SELECT format('SELECT set_config(%L, %L, false)', name, setting)"
-    " FROM pg_settings WHERE source = 'session'"
-)
-
-
-class PinDescribe(Internal):
-    """Token of a Describe of a pinned statement: its RowDescription is cut."""
-
-    __slots__ = ("plan",)
-
-    def __init__(self, plan: Plan) -> None:
-        super().__init__("describe")
-        self.plan = plan
-
-
 _BEGIN = m.query("BEGIN")
 _COMMIT = m.query("COMMIT")
 _ROLLBACK = m.query("ROLLBACK")
-_IDLE = ord("I")
-_ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
 _HOLD = metrics.PROXY_HOLD.labels()
 _HELD_MAX = 10_000  # events held from the client before its socket stops being read
 
-FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG, LEARNING, ROUTED = range(8)
 NONE, SYNC, COMMIT, AUTOCOMMIT = range(4)
 
 # Statements PostgreSQL refuses inside a transaction block: never wrapped.
@@ -145,29 +123,22 @@ def wrappable(sql: str) -> str:
     return ""
 
 
-class LockStep:
+class LockStep(AnswerFilter):
     __slots__ = (
         "s",
         "held",
         "state",
         "writes",
         "block",
-        "filtering",
         "client_gone",
-        "_fbuf",
         "_wrapped",
-        "_held_tag",
         "_unit",
         "_timer",
         "_started",
         "_paused",
         "timeout",
         "sync",
-        "_special",
-        "_pre",
-        "_raw_skip",
         "_asked",
-        "_learned",
         "_shadows",
         "shadow",
         "route",
@@ -640,20 +611,21 @@ class LockStep:
         self.state = LEARNING
         self._watch(s.tracker.request(Q, STATEMENTS_TOKEN))
         self._watch(s.tracker.request(Q, SETTINGS_TOKEN))
-        s.upstream.transport.write(_LEARN_STATEMENTS + _LEARN_SETTINGS)
+        s.upstream.transport.write(LEARN_STATEMENTS + LEARN_SETTINGS)
 
     def _learned_answer(self, token: Internal) -> None:
         rows, self._learned = self._learned, []
         rec = self.s.recorder
         if token is STATEMENTS_TOKEN:
-            for name, statement, from_sql, types in rows:
-                if name is None or statement is None:
+            for row in rows:
+                found = statement_row(row)
+                if found is None:
                     continue
-                if from_sql == b"t":  # SQL PREPARE: replayed as it was sent
-                    rec.prelude.append(statement.decode())
+                name, statement, from_sql, oids = found
+                if from_sql:  # SQL PREPARE: replayed as it was sent
+                    rec.prelude.append(statement)
                     continue
-                oids = [int(x) for x in (types or b"{}").decode().strip("{}").split(",") if x]
-                rec.learn_statement(name.decode(), statement.decode(), oids)
+                rec.learn_statement(name, statement, oids)
             return
         rec.prelude.extend(r[0].decode() for r in rows if r[0] is not None)
         self.state = FLOWING
@@ -706,126 +678,3 @@ class LockStep:
             return
         s.at_boundary()
         self._pump()
-
-    def upstream(self, data: bytes) -> None:
-        """The store's answers while some need rewriting, one message at a time."""
-        s = self.s
-        out: list[bytes] = []
-        if self._raw_skip:  # the rest of a message the scanner had started to relay
-            n = min(self._raw_skip, len(data))
-            out.append(data[:n])
-            self._raw_skip -= n
-            data = data[n:]
-        msgs, self._fbuf = split_messages(self._fbuf + data)
-        tracker = s.tracker
-        for t, raw in msgs:
-            if self._pre:  # its first bytes went out before the hand-over
-                out.append(raw[self._pre :])
-                self._pre = 0
-                self._track(t, raw)
-                continue
-            head = tracker.head
-            if head is None or t in _ASYNC:
-                out.append(raw)
-            else:
-                self._relay(t, raw, head, out)
-            self._track(t, raw)
-        if out and s.transport is not None:
-            s.transport.write(b"".join(out))
-        if not self._special and self._wrapped is None and self.state != ENDING:
-            # Nothing left to rewrite: the scanner takes the stream back.
-            if self._fbuf[self._pre :] and s.transport is not None:
-                s.transport.write(self._fbuf[self._pre :])
-            s.scanner.give_state(self._fbuf, self._raw_skip)
-            self._fbuf = b""
-            self._pre = self._raw_skip = 0
-            self.filtering = False
-
-    def _track(self, t: int, raw: bytes) -> None:
-        tracker = self.s.tracker
-        head = tracker.head
-        if t in OUTCOMES or (head is not None and head.kind == D and t in b"Tn"):
-            special = self._special
-            for c in tracker.response(t, raw[5:]):
-                if special:
-                    special.discard(id(c.request))
-                if self._shadows:
-                    self._shadow_done(c)
-                self.s.completed(c)
-
-    def _shadow_done(self, c: Completion) -> None:
-        sr = self._shadows.pop(id(c.request), None)
-        if sr is None or self.shadow is None:
-            return
-        s = self.s
-        if c.request.error is not None or c.request.skipped:
-            self.shadow.reader.abandon()
-            self.shadow.busy = False
-            return
-        s.server.spawn(self.shadow.run(sr, tuple(s.recorder.prelude)))
-
-    def _relay(self, t: int, raw: bytes, head: Request, out: list[bytes]) -> None:
-        """One answer to ``head``: relayed, rewritten or hidden."""
-        if self._shadows:
-            sr = self._shadows.get(id(head))
-            if sr is not None:  # looked at, relayed as it is
-                if t == 0x44:
-                    sr.digest.add(raw[5:])
-                elif t == 0x54:
-                    sr.digest.describe(raw[5:])
-                out.append(raw)
-                return
-        token = head.token
-        if token is BEGIN_TOKEN:
-            return
-        if token is STATEMENTS_TOKEN or token is SETTINGS_TOKEN:
-            if t == 0x44:
-                self._learned.append(data_row_values(raw[5:]))
-            return
-        if token is END_TOKEN:
-            if t == 0x43:  # COMMIT/ROLLBACK: the client's own tag goes out instead
-                if self._held_tag is not None and raw[5:11] == b"COMMIT":
-                    out.append(self._held_tag)
-                self._held_tag = None
-                return
-            if t == 0x45:
-                self._held_tag = None  # the commit failed: no CommandComplete
-            out.append(raw)
-            return
-        if type(token) is PinDescribe:
-            if t == 0x54:
-                _, cut = row_description_cut(raw[5:], MARKER)
-                out.append(cut if token.plan.client_returns else NO_DATA)
-            else:
-                out.append(raw)
-            return
-        if type(token) is tuple and isinstance(token[0].pin, Plan):
-            item = token[0]
-            plan = item.pin
-            if t == 0x44:  # DataRow: the client's columns out, the table's kept
-                body = raw[5:]
-                keep = plan.keep(int.from_bytes(body[:2], "big"))
-                client_row, image = data_row_split(body, keep)
-                item.pin_rows.append(image)
-                if plan.client_returns:
-                    out.append(client_row)
-                return
-            if t == 0x54:
-                _, cut = row_description_cut(raw[5:], MARKER)
-                if plan.client_returns:
-                    out.append(cut)
-                return
-        if head is self._wrapped:
-            if t == 0x5A:
-                if raw[5] == _IDLE:
-                    out.append(raw)
-                return
-            if t == 0x43:  # the last tag waits for the commit's outcome
-                if self._held_tag is not None:
-                    out.append(self._held_tag)
-                self._held_tag = raw
-                return
-            if self._held_tag is not None:
-                out.append(self._held_tag)
-                self._held_tag = None
-        out.append(raw)

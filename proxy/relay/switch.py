@@ -40,13 +40,23 @@ if TYPE_CHECKING:
 
 # The session's prepared statements and the settings it changed (not those of its
 # startup packet: the new connection is opened with the same ones).
-_STATEMENTS = m.query(
+LEARN_STATEMENTS = m.query(
     "SELECT name, statement, from_sql, parameter_types::oid[]::text FROM pg_prepared_statements"
 )
-_SETTINGS = m.query(
+LEARN_SETTINGS = m.query(
     "SELECT format('SELECT set_config(%L, %L, false)', name, setting)"
     " FROM pg_settings WHERE source = 'session'"
 )
+
+
+def statement_row(row: list[bytes | None]) -> tuple[str, str, bool, list[int]] | None:
+    """(name, text, prepared with SQL PREPARE, parameter type OIDs) of a
+    LEARN_STATEMENTS row."""
+    name, text, from_sql, types = row
+    if name is None or text is None:
+        return None
+    oids = [int(x) for x in (types or b"{}").decode().strip("{}").split(",") if x]
+    return name.decode(), text.decode(), from_sql == b"t", oids
 
 
 class SwitchFailed(Exception):
@@ -87,7 +97,7 @@ async def learn(s: ClientSession, timeout: float) -> tuple[list[str], list[tuple
     collector = _Collector(2)
     transport.set_protocol(collector)
     try:
-        transport.write(_STATEMENTS + _SETTINGS)
+        transport.write(LEARN_STATEMENTS + LEARN_SETTINGS)
         await asyncio.wait_for(asyncio.shield(collector.done), timeout)
     finally:
         if collector.lost is None:
@@ -107,10 +117,9 @@ async def learn(s: ClientSession, timeout: float) -> tuple[list[str], list[tuple
         elif t == 0x44:
             row = data_row_values(raw[5:])
             if answers == 0:
-                name, text, from_sql, types = row
-                if name is not None and text is not None:
-                    oids = [int(x) for x in (types or b"{}").decode().strip("{}").split(",") if x]
-                    statements.append((name.decode(), text.decode(), from_sql == b"t", oids))
+                found = statement_row(row)
+                if found is not None:
+                    statements.append(found)
             elif row[0] is not None:
                 settings.append(row[0].decode())
     return settings, statements
