@@ -15,7 +15,7 @@ from typing import Any
 
 from comparator.dsn import Engine, StoreDsn
 from comparator.normalize import Column, quote_ident
-from comparator.rowhash import md5_hash_sql, md5_sum_sql, pg64_hash_sql, row_text_sql
+from comparator.rowhash import hash_sum_sql, pg64_hash_sql, row_hash_sql, row_text_sql
 
 Key = tuple[Any, ...]
 Checksum = tuple[int, int]  # (row count, sum of 60-bit row hashes)
@@ -68,11 +68,11 @@ class TableQuery:
         if self.pg64:
             cols = [(self.q(c), self.shape.column(c).data_type) for c in self.columns]
             return pg64_hash_sql(cols)
-        return md5_hash_sql(self.engine, row_text_sql(self.engine, self.exprs, self.safe))
+        return row_hash_sql(self.engine, row_text_sql(self.engine, self.exprs, self.safe))
 
     def sum_of(self, hash_expr: str) -> str:
         """The integer a row hash adds to a checksum."""
-        return hash_expr if self.pg64 else md5_sum_sql(self.engine, hash_expr)
+        return hash_expr if self.pg64 else hash_sum_sql(self.engine, hash_expr)
 
     @property
     def checksum_list(self) -> str:

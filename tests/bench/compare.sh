@@ -3,6 +3,7 @@
 #
 #   bash tests/bench/compare.sh            # 1 000 000 rows
 #   BENCH_10M=1 bash tests/bench/compare.sh  # also 10 000 000 rows (slow to load)
+#   BENCH_ROWS=10000000 BENCH_CASES=PG-PG/identical bash tests/bench/compare.sh  # one case
 #
 # Needs PostgreSQL at 127.0.0.1:5432 and MariaDB at 127.0.0.1:3306 (the test servers).
 # reladiff goes into its own virtualenv under .venv/ (its pinned dependencies must not

@@ -6,6 +6,9 @@ a copy with 0.1% of rows differing (missing, extra and changed, spread over the 
 range), then times both tools on PG↔PG and MariaDB↔PG, identical and differing.
 Prints wall time, rows/s and the ratio, and checks that both tools report exactly the
 planted differences.  The databases are dropped afterwards (BENCH_KEEP=1 keeps them).
+
+BENCH_ROWS sets the first size; BENCH_CASES (e.g. ``PG-PG/identical,MariaDB-PG/0.1% diff``)
+runs only those cases and loads only the tables they need.
 """
 
 from __future__ import annotations
@@ -74,10 +77,11 @@ def my_exec(db: str | None, *sql: str) -> None:
         conn.close()
 
 
-def setup(rows: int) -> dict[str, str]:
-    """Create the tables; returns name -> DSN."""
+def setup(rows: int, wanted: set[str]) -> dict[str, str]:
+    """Create the tables named in ``wanted`` (pg_old, pg_same, pg_diff, my_old); returns
+    name -> DSN."""
     tag = f"cmpbench_{rows}"
-    names = {k: f"{tag}_{k}" for k in ("pg_old", "pg_same", "pg_diff")}
+    names = {k: f"{tag}_{k}" for k in ("pg_old", "pg_same", "pg_diff") if k in wanted}
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
         for db in names.values():
             c.execute(f"DROP DATABASE IF EXISTS {db}")  # type: ignore[arg-type]
@@ -89,15 +93,18 @@ def setup(rows: int) -> dict[str, str]:
         f"UPDATE bench SET name = 'changed' WHERE id % {PERIOD} = 1500",
         f"INSERT INTO bench {pg_rows(1, rows, f'g % {PERIOD} = 2999')}",
     ]
-    pg_exec(names["pg_diff"], *plant_pg)
+    if "pg_diff" in names:
+        pg_exec(names["pg_diff"], *plant_pg)
     for db in names.values():
         pg_exec(db, "VACUUM ANALYZE bench")
+    dsns = {k: f"{PG}/{db}" for k, db in names.items()}
+    if "my_old" not in wanted:
+        return dsns
     my_db = f"{tag}_my_old"
     my_exec(None, f"DROP DATABASE IF EXISTS {my_db}", f"CREATE DATABASE {my_db}")
     my_exec(
         my_db, MY_TABLE, f"INSERT INTO bench {my_rows(1, rows, OLD_ROWS)}", "ANALYZE TABLE bench"
     )
-    dsns = {k: f"{PG}/{db}" for k, db in names.items()}
     dsns["my_old"] = f"{MY}/{my_db}"
     return dsns
 
@@ -177,19 +184,26 @@ def main() -> None:
     )
     lines = [header]
     ok = True
+    # (pair, case, old table, new table)
+    all_cases = [
+        ("PG-PG", "identical", "pg_old", "pg_same"),
+        ("PG-PG", "0.1% diff", "pg_old", "pg_diff"),
+        ("MariaDB-PG", "identical", "my_old", "pg_same"),
+        ("MariaDB-PG", "0.1% diff", "my_old", "pg_diff"),
+    ]
+    only = {c.strip() for c in os.environ.get("BENCH_CASES", "").split(",") if c.strip()}
+    chosen = [c for c in all_cases if not only or f"{c[0]}/{c[1]}" in only]
+    if not chosen:
+        sys.exit(f"BENCH_CASES matches none of {[f'{c[0]}/{c[1]}' for c in all_cases]}")
     for rows in sizes:
         print(f"loading {rows:,} rows ...", file=sys.stderr, flush=True)
-        dsns = setup(rows)
+        dsns = setup(rows, {t for c in chosen for t in c[2:]})
         want = truth(rows)
         nothing: dict[str, set[int]] = {k: set() for k in want}
-        cases = [
-            ("PG-PG", "identical", dsns["pg_old"], dsns["pg_same"], nothing),
-            ("PG-PG", "0.1% diff", dsns["pg_old"], dsns["pg_diff"], want),
-            ("MariaDB-PG", "identical", dsns["my_old"], dsns["pg_same"], nothing),
-            ("MariaDB-PG", "0.1% diff", dsns["my_old"], dsns["pg_diff"], want),
-        ]
         warm_up(dsns)
-        for pair, case, old, new, expected in cases:
+        for pair, case, old_t, new_t in chosen:
+            old, new = dsns[old_t], dsns[new_t]
+            expected = nothing if case == "identical" else want
             print(f"{pair} {case} ...", file=sys.stderr, flush=True)
             # Alternate which tool runs first so neither always meets colder caches.
             if case == "identical":
