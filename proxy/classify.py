@@ -81,6 +81,7 @@ class _TextCache(Generic[V]):
 _kinds: _TextCache[Kind] = _TextCache()
 _tables: _TextCache[tuple[str, ...]] = _TextCache()
 _fingerprints: _TextCache[str] = _TextCache()
+_relations: _TextCache[tuple[str, ...]] = _TextCache()
 _kind_get = _kinds.data.get  # the cache dict is cleared in place, never replaced
 
 # ------------------------------------------------------------------------ keywords
@@ -545,6 +546,31 @@ def _tables_in(sql: str) -> tuple[str, ...]:
     for _, name in sorted(targets):
         seen.setdefault(name, None)
     return tuple(seen)
+
+
+def relations_of(sql: str) -> tuple[str, ...]:
+    """Every table or view a statement names, by bare name (no schema), sorted; best
+    effort (a statement pglast cannot parse names nothing)."""
+    found = _relations.data.get(sql)
+    if found is None:
+        try:
+            tree = orjson.loads(parse_sql_json(sql))
+        except _PARSE_ERRORS:
+            tree = {}
+        names: set[str] = set()
+        stack: list[Any] = [tree]
+        while stack:
+            node = stack.pop()
+            if type(node) is list:
+                stack.extend(node)
+            elif type(node) is dict:
+                rel = node.get("RangeVar")
+                if type(rel) is dict and rel.get("relname"):
+                    names.add(rel["relname"])
+                stack.extend(v for v in node.values() if type(v) is dict or type(v) is list)
+        found = tuple(sorted(names))
+        _relations.put(sql, found)
+    return found
 
 
 def _add_target(targets: list[tuple[int, str]], rel: dict[str, Any] | None) -> None:

@@ -228,7 +228,8 @@ READ_ROUTE_FALLBACKS = Counter(
 SHADOW_READS = Counter(
     "shadowproxy_shadow_reads_total",
     "Sampled autocommit reads re-run on the other store, by outcome (match, mismatch, "
-    "transient, shed, error).",
+    "transient: equal on a re-check, inconclusive: still different but the proxy wrote "
+    "the tables read meanwhile, shed, error).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -14,6 +14,9 @@ What it does, in order:
    aggregates, inserts, updates, deletes, explicit transactions (some rolled back
    on purpose, one failing on a unique violation, one with a savepoint rolled
    back), a multi-statement simple query and one prepared statement reused.
+   Meanwhile (unless ``--no-ladder``) it walks the cutover ladder through the
+   admin API, up to new-only and back to dual-write (see ``ladder.py``): open
+   sessions move their reads, then their writes, to the new store and back.
 5. Waits for the mirror to drain, compares every table on both databases (row
    count + md5 of every row, computed by PostgreSQL), and prints a report built
    from the workload's own counters, the proxy's ``/metrics`` and ``/status``.
@@ -33,6 +36,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -66,6 +70,7 @@ from proxy.demo._common import (
     http_get,
     say,
 )
+from proxy.demo.ladder import STEPS, LadderWalk
 from proxy.demo.stores import (
     Server,
     TableVerdict,
@@ -103,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         "--keep",
         action="store_true",
         help="leave the proxy running after the report, until Ctrl-C",
+    )
+    p.add_argument(
+        "--no-ladder",
+        action="store_true",
+        help="stay in dual-write (by default the demo walks the mode ladder to new-only "
+        "and back while the workload runs)",
     )
     p.add_argument("--old-db", type=_db_name, default="shadow_old", help="old store database name")
     p.add_argument("--new-db", type=_db_name, default="shadow_new", help="new store database name")
@@ -286,7 +297,7 @@ class Proxy:
         return rc
 
 
-def make_proxy(workdir: Path, server: Server, old_db: str, new_db: str) -> Proxy:
+def make_proxy(workdir: Path, server: Server, old_db: str, new_db: str, token: str = "") -> Proxy:
     port, admin_port = free_port(), free_port()
     while admin_port == port:
         admin_port = free_port()
@@ -302,6 +313,8 @@ def make_proxy(workdir: Path, server: Server, old_db: str, new_db: str) -> Proxy
         SHADOW_STATE_FILE=str(workdir / "state" / "mode.json"),
         SHADOW_LOG_LEVEL="INFO",
     )
+    if token:
+        env["SHADOW_ADMIN_TOKEN"] = token
     return Proxy(port, admin_port, workdir, env)
 
 
@@ -315,6 +328,7 @@ class Outcome:
     status: dict[str, Any]
     drain_seconds: float
     verdicts: list[TableVerdict]
+    ladder: LadderWalk | None = None
 
     @property
     def divergences(self) -> int:
@@ -329,7 +343,16 @@ class Outcome:
             and self.divergences == 0
             and not self.stats.errors
             and int(self.status.get("rejected_units", 0) or 0) == 0
+            and self.ladder_ok
         )
+
+    @property
+    def ladder_ok(self) -> bool:
+        walk = self.ladder
+        if walk is None:
+            return True
+        failed = self.metrics.total("shadowproxy_authority_switches_total", outcome="failed")
+        return not walk.error and len(walk.done) == len(walk.steps) and not failed
 
 
 def print_report(
@@ -401,6 +424,9 @@ def print_report(
     if rejected:
         say(f"  REJECTED       {rejected} units refused by the new store (kept for repair)")
 
+    if outcome.ladder is not None:
+        _print_ladder(outcome.ladder, mx)
+
     say()
     say("== stores compared (row count + md5 of every row, computed by PostgreSQL) ==")
     width = max(len(t) for t in TABLES)
@@ -446,7 +472,30 @@ def print_report(
             reasons.append(f"{rejected} rejected units")
         if s.errors:
             reasons.append(f"{len(s.errors)} client errors")
+        if not outcome.ladder_ok:
+            reasons.append("the mode ladder walk did not complete")
         say(f"RESULT: FAILED: {', '.join(reasons)}.")
+
+
+def _print_ladder(walk: LadderWalk, mx: Metrics) -> None:
+    say()
+    say("== cutover ladder (POST /mode while the workload ran) ==")
+    previous = "dual-write"
+    for step in walk.done:
+        ms = step.seconds * 1000
+        say(f"  {previous:>11} -> {step.mode:<11} epoch {step.epoch}, applied in {ms:.0f} ms")
+        previous = step.mode
+    if walk.error:
+        say(f"  STOPPED        {walk.error}")
+    moved = mx.by_label("shadowproxy_authority_switches_total", "store")
+    failed = mx.total("shadowproxy_authority_switches_total", outcome="failed")
+    routed = mx.total("shadowproxy_statements_total", kind="read", store="new")
+    total = mx.total("shadowproxy_authority_switches_total", outcome="moved")
+    say(
+        f"  sessions moved their writes {_fmt_count(total)} times (to new "
+        f"{_fmt_count(moved.get('new', 0))}, back to old {_fmt_count(moved.get('old', 0))}), "
+        f"{_fmt_count(failed)} failed; {_fmt_count(routed)} reads served by the new store"
+    )
 
 
 # -------------------------------------------------------------------------- main
@@ -529,24 +578,34 @@ def run_demo(args: argparse.Namespace) -> int:
             f"and seed ({', '.join(TABLES)})"
         )
 
-        proxy = make_proxy(workdir, server, args.old_db, args.new_db)
+        token = "" if args.no_ladder else secrets.token_hex(16)
+        proxy = make_proxy(workdir, server, args.old_db, args.new_db, token)
         stack.callback(_stop_proxy, proxy)
         proxy.start()
         say(f"  proxy          127.0.0.1:{proxy.port}, mode dual-write, admin {proxy.admin_url}")
         say(f"  workload       {args.clients} clients for {args.seconds:g} s ...")
         keep_workdir = True  # until the report says all is well
 
+        walk: LadderWalk | None = None
+        if not args.no_ladder:
+            walk = LadderWalk(
+                proxy.admin_url, token, args.seconds * 0.15, args.seconds * 0.7 / len(STEPS)
+            )
+            say(f"  ladder         dual-write -> {' -> '.join(walk.steps)}, meanwhile")
+            walk.start()
         try:
             stats = _run(run_workload(proxy.port, args.old_db, args.clients, args.seconds))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise DemoError(
                 f"cannot connect through the proxy: {exc!r}\n{_tail(proxy.log_path)}"
             ) from exc
+        if walk is not None:
+            walk.join()
         say("  waiting for the mirror to drain ...")
         status, drain = proxy.wait_drained()
         metrics = proxy.metrics()
         verdicts = _run(compare_stores(server, args.old_db, args.new_db))
-        outcome = Outcome(stats, metrics, status, drain, verdicts)
+        outcome = Outcome(stats, metrics, status, drain, verdicts, walk)
         print_report(outcome, proxy, server, args.old_db, args.new_db, args.clients, args.keep)
         keep_workdir = not outcome.ok
 

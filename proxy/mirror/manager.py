@@ -35,6 +35,7 @@ from typing import Any
 
 from proxy import metrics
 from proxy.classify import Kind, classify, fingerprint, tables_of
+from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import ItemResult, MirrorConnection, MirrorUnavailable
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.journal import Journal
@@ -300,6 +301,7 @@ class MirrorManager:
     ) -> None:
         self.order += 1
         unit.order = self.order
+        ACTIVITY.note(unit)
         if waiter is not None:
             self._waiters[unit.order] = waiter
         if self.direct:

@@ -73,6 +73,8 @@ class ProxyServer:
                     settings.shadow_read_max_inflight,
                     self.divergences,
                 )
+        for reader in self.shadow_readers.values():
+            reader.managers = [m for m in (self.mirror_manager, self.reverse_manager) if m]
         self.shadow_reader = (
             self.shadow_readers.get(id(self.mirror_manager)) if self.mirror_manager else None
         )

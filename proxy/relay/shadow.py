@@ -29,7 +29,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.classify import fingerprint
+from proxy.classify import fingerprint, relations_of
+from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.wire.pg import ProtocolError, error_fields
 from proxy.wire.pg import messages as m
@@ -44,6 +45,8 @@ _MASK = (1 << 64) - 1
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 _MAX_FINGERPRINTS = 50  # label values: the first 50 fingerprints, then "other"
 _TIMEOUT = 30.0
+_RECHECKS = 2  # re-reads of both stores before a difference counts
+_SETTLE = 2.0  # seconds a re-check waits at most for the mirrors to catch up
 
 
 @dataclass(slots=True)
@@ -95,6 +98,8 @@ class ShadowRead:
     bind_body: bytes | None
     digest: Digest
     started: float = field(default_factory=perf_counter)
+    tables: tuple[str, ...] = ()  # what the statement reads (bare names)
+    writes: tuple[int, ...] = ()  # the proxy's write counters of those tables, at sampling
 
 
 class Parity:
@@ -171,6 +176,8 @@ class ShadowReader:
         self.parity = Parity(self.stores)
         self.counts: dict[str, int] = {}
         self._random = random.Random()
+        # Every mirror of the process (set by the server): re-checks wait for them.
+        self.managers: list[MirrorManager] = [manager]
 
     def sample(
         self, sql: str, parse_body: bytes | None, bind_body: bytes | None
@@ -182,7 +189,15 @@ class ShadowReader:
             return None
         self.inflight += 1
         ordered = bool(_ORDER_BY.search(sql))
-        return ShadowRead(sql, parse_body, bind_body, Digest(ordered))
+        tables = relations_of(sql)
+        return ShadowRead(
+            sql,
+            parse_body,
+            bind_body,
+            Digest(ordered),
+            tables=tables,
+            writes=ACTIVITY.snapshot(tables),
+        )
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -206,11 +221,21 @@ class ShadowReader:
             if sr.digest.same(theirs):
                 self._count("match")
                 return
-            # A write may have landed between the two reads: ask both stores again.
-            again_ours = await self._on_read_store(sr, prelude)
-            again_theirs = await run_read(conn, sr)
-            if again_ours.same(again_theirs):
-                self._count("transient")
+            # A write may have landed between the two reads: once the mirrors have
+            # applied what is committed, ask both stores again, at the same time.
+            again_ours = again_theirs = theirs
+            for _ in range(_RECHECKS):
+                await self._settle()
+                again_ours, again_theirs = await asyncio.gather(
+                    self._on_read_store(sr, prelude), run_read(conn, sr)
+                )
+                if again_ours.same(again_theirs):
+                    self._count("transient")
+                    return
+            if ACTIVITY.snapshot(sr.tables) != sr.writes or not sr.tables:
+                # The proxy wrote those tables meanwhile (or cannot tell which tables
+                # the statement reads): the stores may only be a commit apart.
+                self._count("inconclusive")
                 return
             self._count("mismatch")
             self.divergences.record(
@@ -233,6 +258,14 @@ class ShadowReader:
             log.info("shadow read on session %d failed: %s", session, exc)
         finally:
             self.inflight -= 1
+
+    async def _settle(self) -> None:
+        """Until every mirror has applied the units committed so far (bounded)."""
+        deadline = perf_counter() + _SETTLE
+        for manager in self.managers:
+            target = manager.order
+            while manager.watermark < target and perf_counter() < deadline:
+                await asyncio.sleep(0.01)
 
     async def _on_read_store(self, sr: ShadowRead, prelude: tuple[str, ...]) -> Digest:
         end = self.read_store

@@ -65,6 +65,17 @@ def test_demo_mirrors_a_mixed_workload_without_divergence(demo_dbs: tuple[str, s
     applied = re.search(r"mirrored\s+([\d,]+) units", out)
     assert applied and int(applied.group(1).replace(",", "")) > 0, out
     assert "/metrics" in out and "/status" in out and "divergence log" in out
+    # It walked the ladder to new-only and back while the workload ran: sessions moved
+    # their writes to the new store and back, reads were served by the new store.
+    steps = re.findall(r"^\s+[\w-]+ -> ([\w-]+)\s+epoch (\d+), applied", out, re.M)
+    assert [m for m, _ in steps] == [
+        "shadow-read", "read-new", "write-new", "new-only", "write-new", "dual-write"
+    ], out  # fmt: skip
+    moved = re.search(
+        r"moved their writes [\d,]+ times \(to new ([\d,]+), back to old ([\d,]+)\), 0 failed; ([\d,]+) reads served by the new store",
+        out,
+    )
+    assert moved and all(int(g.replace(",", "")) > 0 for g in moved.groups()), out
     assert f"{old} and {new} are left in place" in out
     # The demo leaves the databases for the user to inspect.
     with admin_conn() as c:
