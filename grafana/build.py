@@ -128,6 +128,24 @@ OVERVIEW: list[Panel | Row] = [
             "{{store}} {{kind}}",
         ),
         unit="ops",
+        width=8,
+    ),
+    Panel(
+        "Latency added by the proxy (p50, p99)",
+        "How long the proxy holds a client's request before it reaches a store (parsing "
+        "it, a commit waiting for the mirror store in sync consistency, a catalog read), "
+        "per request round of a mirroring session. Good: p50 in microseconds, p99 near "
+        "the mirror store's commit time. Bad: p99 in tens of milliseconds or climbing "
+        "(every client request pays it; look at Lock-step wait and Mirror lag). A "
+        "session that mirrors nothing adds no hold and is not counted here; the relay's "
+        "own CPU per message (tens of microseconds) is measured by the benchmark "
+        "(make bench), not here.",
+        (
+            Target(p50("shadowproxy_proxy_hold_seconds", "instance", INST), "p50 {{instance}}"),
+            Target(p99("shadowproxy_proxy_hold_seconds", "instance", INST), "p99 {{instance}}"),
+        ),
+        unit="s",
+        width=8,
     ),
     Panel(
         "Divergences by kind",
@@ -138,6 +156,7 @@ OVERVIEW: list[Panel | Row] = [
             f"sum by (kind) (increase(shadowproxy_divergences_total{{{INST}}}[{RATE}]))",
             "{{kind}}",
         ),
+        width=8,
         options={"bars": True},
     ),
     Panel(
@@ -172,8 +191,11 @@ OVERVIEW: list[Panel | Row] = [
         "Shadow-read mismatch rate",
         "Share of compared shadow reads whose result differed between the stores. Good: "
         "0. Bad: above 0.1% (the gate to read-new stays closed and an alert fires).",
+        # `or vector(0)`: the mismatch series exists only after a first mismatch; without
+        # it a clean run would show "No data" instead of 0.
         t(
-            f'sum(rate(shadowproxy_shadow_reads_total{{{INST}, outcome="mismatch"}}[{RATE}])) / '
+            f'(sum(rate(shadowproxy_shadow_reads_total{{{INST}, outcome="mismatch"}}[{RATE}])) '
+            "or vector(0)) / "
             f'sum(rate(shadowproxy_shadow_reads_total{{{INST}, outcome=~"match|mismatch"}}[{RATE}]))',
             "mismatch ratio",
         ),
@@ -436,6 +458,62 @@ DETAIL: list[Panel | Row] = [
         width=8,
         options={"bars": True},
     ),
+    Row("Cutover: sessions and reads between the stores"),
+    Panel(
+        "Sessions moved between stores",
+        "Sessions that moved their writes to the other store in place (write-new, and "
+        "back on a revert), by the store they moved to and outcome. Good: one burst of "
+        "moved right after each mode change, as many as the sessions open, then nothing. "
+        "Bad: failed, or moves nobody asked for; a failed session stays on its store "
+        "and retries at its next transaction boundary (the session-move alert).",
+        # A store/outcome series is born with its first move, which increase() cannot
+        # see (no earlier sample): a series younger than the interval counts whole.
+        t(
+            "sum by (store, outcome) ("
+            f"(shadowproxy_authority_switches_total{{{INST}}} unless "
+            f"shadowproxy_authority_switches_total{{{INST}}} offset {RATE}) "
+            f"or increase(shadowproxy_authority_switches_total{{{INST}}}[{RATE}]))",
+            "{{store}} {{outcome}}",
+        ),
+        width=8,
+        options={"bars": True},
+    ),
+    Panel(
+        "Session move wait (p50, p99)",
+        "How long a session's next request waited while the session moved its writes "
+        "(quiesce, sequences, state replay, new connection). Good: a fraction of a "
+        "second, once per mode change (about 0.1 s on an idle test machine). Bad: "
+        "seconds (a long transaction keeps the other sessions waiting, or the mirror "
+        "feeding the target store has not caught up; past SHADOW_AUTHORITY_SWITCH_TIMEOUT "
+        "the move fails).",
+        (
+            Target(
+                p50("shadowproxy_authority_switch_seconds", "instance", INST),
+                "p50 {{instance}}",
+            ),
+            Target(
+                p99("shadowproxy_authority_switch_seconds", "instance", INST),
+                "p99 {{instance}}",
+            ),
+        ),
+        unit="s",
+        width=8,
+    ),
+    Panel(
+        "Reads routed away from the read store",
+        "In read-new, autocommit reads that should have gone to the new store but the "
+        "old store served, by reason: read_your_writes (the session's own writes had "
+        "not reached the new store in time), unavailable, prepare (the new store "
+        "refused the session's settings or statements). Good: 0 or a trickle. Bad: a "
+        "steady rate; those reads never tested the new store (check mirror lag and the "
+        "new store's errors before going on).",
+        t(
+            f"sum by (reason) (rate(shadowproxy_read_route_fallbacks_total{{{INST}}}[{RATE}]))",
+            "{{reason}}",
+        ),
+        unit="ops",
+        width=8,
+    ),
     Row("Comparator"),
     Panel(
         "Comparator runs by result",
@@ -644,14 +722,15 @@ def build_dashboards() -> dict[Path, str]:
         "shadowproxy-overview": dashboard(
             "shadowproxy-overview",
             "shadowproxy / overview",
-            "Mode, epochs, traffic, divergences, mirror lag and journal of the migration.",
+            "Mode, epochs, traffic, latency added by the proxy, divergences, mirror lag "
+            "and journal of the migration.",
             OVERVIEW,
         ),
         "shadowproxy-detail": dashboard(
             "shadowproxy-detail",
             "shadowproxy / detail",
             "Per-store latency and errors, per-fingerprint old/new latency, mirror "
-            "internals, control plane and comparator.",
+            "internals, control plane, session moves and read routing, comparator.",
             DETAIL,
         ),
     }

@@ -29,6 +29,7 @@ REQUIRED_ALERTS = {
     "ShadowproxyShadowReadMismatchRate",
     "ShadowproxyProxyDown",
     "ShadowproxyComparatorDifferences",
+    "ShadowproxySessionMoveFailing",
 }
 
 

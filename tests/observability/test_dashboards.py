@@ -69,6 +69,7 @@ def test_overview_shows_what_the_issue_asks_for() -> None:
         "shadowproxy_mode_info",
         "shadowproxy_mode_epoch",
         "shadowproxy_statements_total",
+        "shadowproxy_proxy_hold_seconds_bucket",
         "shadowproxy_divergences_total",
         "shadowproxy_mirror_lag_seconds_bucket",
         "shadowproxy_journal_backlog_units",
@@ -79,7 +80,7 @@ def test_overview_shows_what_the_issue_asks_for() -> None:
         assert needle in overview, needle
 
 
-def test_detail_shows_stores_fingerprints_mirror_and_comparator() -> None:
+def test_detail_shows_stores_fingerprints_mirror_cutover_and_comparator() -> None:
     detail = " ".join(
         t["expr"] for p in panels(dashboards()["shadowproxy-detail"]) for t in p["targets"]
     )
@@ -92,6 +93,9 @@ def test_detail_shows_stores_fingerprints_mirror_and_comparator() -> None:
         "shadowproxy_comparator_rows_compared_total",
         "shadowproxy_comparator_transient_rows_total",
         "shadowproxy_control_store_up",
+        "shadowproxy_authority_switches_total",
+        "shadowproxy_authority_switch_seconds_bucket",
+        "shadowproxy_read_route_fallbacks_total",
     ):
         assert needle in detail, needle
 

@@ -11,6 +11,12 @@ series it reads is one the proxy or the comparator exports right now.  Series
 nobody exports yet (shadow reads, for instance) only have to parse.  The
 divergence and comparator alerts must fire, every other alert must stay
 silent, and the proxy's JSON log must hold the divergence as its own record.
+
+Then the proxy walks shadow-read -> read-new -> write-new -> dual-write with
+one session open throughout (it moves its writes to the new store and back), and the
+panels about the cutover are checked with that data: sessions moved, the
+move wait, the latency added by the proxy, reads answered by the new store,
+the mode; every other alert still stays silent.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SHADOWPROXY, PgPair, ProxyProcess, free_port, pg_dsn
+from tests.integration.test_mode_switch_session import TOKEN, set_mode
 from tests.observability.expressions import (
     ALERT_FILE,
     Expression,
@@ -124,7 +131,9 @@ def json_proxy(pg_pair: PgPair, proxy_factory: Any) -> ProxyProcess:
     # The planted divergence: a row only the new store has.
     with pg_pair.connect("new", autocommit=True) as c:
         c.execute("INSERT INTO items VALUES (100000, 0)")
-    proxy: ProxyProcess = proxy_factory(pg_dsn(pg_pair.old), pg_dsn(pg_pair.new), log_format="json")
+    proxy: ProxyProcess = proxy_factory(
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new), log_format="json", admin_token=TOKEN
+    )
     return proxy
 
 
@@ -271,6 +280,20 @@ def test_every_dashboard_and_alert_expression_on_live_prometheus(
     assert loaded == {e.origin.removeprefix("alert ") for e in alert_expressions()}
     check_json_log(json_proxy)
 
+    # The cutover steps, with the session moves they make, on the same proxy.
+    walk_the_ladder(json_proxy, pg_pair.old, prometheus, last + 10_000)
+    time.sleep(2.5)  # two more scrapes after the last move
+    live = exported_samples(json_proxy.admin_port) | {"ALERTS", "up"}
+    assert {
+        "shadowproxy_authority_switches_total",
+        "shadowproxy_authority_switch_seconds_bucket",
+        "shadowproxy_proxy_hold_seconds_bucket",
+    } <= live
+    check_cutover_panels(prometheus, live)
+    check_alerts(prometheus)  # the moves succeeded: the session-move alert is silent
+    # Reads and writes on the new store matched the old one all along.
+    assert [e["kind"] for e in json_proxy.divergences()] == ["rowcount"]
+
 
 def check_panels(prometheus: Prometheus, live: set[str]) -> None:
     panels = dashboard_expressions()
@@ -321,3 +344,84 @@ def check_json_log(proxy: ProxyProcess) -> None:
     assert record["logger"] == "proxy.mirror.divergence"
     assert record["fingerprint"].lower().startswith("update items set")
     assert "session" in record and record["ts"].endswith("Z")
+
+
+def panel_result(prometheus: Prometheus, origin: str) -> list[Any]:
+    expr = next(e.expr for e in dashboard_expressions() if e.origin == origin)
+    answer = prometheus.query(expr)
+    assert answer["status"] == "success", (origin, answer)
+    return list(answer["data"]["result"])
+
+
+def wait_for_mode(prometheus: Prometheus, mode: str, timeout: float = 10.0) -> None:
+    """The Mode per instance panel shows ``mode`` (after the next scrape)."""
+    origin = "dashboard shadowproxy-overview / Mode per instance [A]"
+    deadline = time.monotonic() + timeout
+    shown: list[str] = []
+    while time.monotonic() < deadline:
+        shown = [r["metric"]["mode"] for r in panel_result(prometheus, origin)]
+        if shown == [mode]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"Mode per instance shows {shown}, not {mode}")
+
+
+# Forward one step at a time (force skips the gates, not the steps); back in one jump.
+LADDER = (
+    ("shadow-read", "old", 0.5),
+    ("read-new", "old", 1.5),
+    ("write-new", "new", 1.5),
+    ("dual-write", "old", 1.0),
+)
+
+
+def walk_the_ladder(proxy: ProxyProcess, db: str, prometheus: Prometheus, n: int) -> None:
+    """Up to write-new and back to dual-write: autocommit writes and reads of the rows
+    just written (never the planted row, so the stores agree on every read), from
+    one session that stays open and moves its writes to the new store and back."""
+    with psycopg.connect(proxy.dsn(db), autocommit=True) as conn:
+        for mode, store, seconds in LADDER:
+            set_mode(proxy, mode)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                n += 1
+                conn.execute("INSERT INTO items VALUES (%s, %s)", (n, n))
+                row = conn.execute("SELECT v FROM items WHERE id = %s", (n,)).fetchone()
+                assert row == (n,), (mode, row)
+                time.sleep(0.02)
+            # The session writes first on the store the mode makes authoritative.
+            assert proxy.status()["sessions_by_store"][store] == 1, (mode, proxy.status())
+            wait_for_mode(prometheus, mode)
+
+
+def check_cutover_panels(prometheus: Prometheus, live: set[str]) -> None:
+    """Every panel still answers, and the cutover panels show what the ladder did."""
+    panels = dashboard_expressions()
+    problems = [
+        p
+        for e in panels
+        if "comparator" not in e.expr  # the comparator stopped: its series went stale
+        and (p := check_panel(prometheus, e, live)) is not None
+    ]
+    assert not problems, "\n".join(problems)
+
+    def values(origin: str, *labels: str) -> dict[tuple[str, ...], float]:
+        return {
+            tuple(r["metric"].get(label, "") for label in labels): float(r["value"][1])
+            for r in panel_result(prometheus, origin)
+        }
+
+    detail, overview = "dashboard shadowproxy-detail / ", "dashboard shadowproxy-overview / "
+    # The open session moved to new (write-new) and back to old (dual-write), no failure.
+    moved = values(detail + "Sessions moved between stores [A]", "store", "outcome")
+    assert set(moved) == {("new", "moved"), ("old", "moved")}, moved
+    assert all(v > 0 for v in moved.values()), moved
+    for ref in "AB":
+        [wait] = values(detail + f"Session move wait (p50, p99) [{ref}]").values()
+        assert 0 < wait < 10, wait  # a real duration, not NaN
+        [hold] = values(overview + f"Latency added by the proxy (p50, p99) [{ref}]").values()
+        assert 0 < hold < 10, hold
+    # read-new answered the reads from the new store, write-new everything.
+    traffic = values(overview + "Traffic by store and statement kind [A]", "store", "kind")
+    assert traffic.get(("new", "read"), 0) > 0 and traffic.get(("new", "write"), 0) > 0, traffic
+    wait_for_mode(prometheus, "dual-write")
