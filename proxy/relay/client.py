@@ -52,6 +52,7 @@ from proxy.wire.pg._tracker import E, F, Q, S
 if TYPE_CHECKING:
     from proxy.mirror.manager import MirrorManager, SessionMirror
     from proxy.relay.server import ProxyServer
+    from proxy.settings import Dsn
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,10 @@ class ClientSession(asyncio.Protocol):
         self.tls = True
 
     async def _connect_upstream(self, startup: ev.StartupMessage) -> None:
-        dsn = self.server.authoritative_dsn
+        # The mode at connect time decides the store (it may have changed since accept).
+        self.mode = self.server.mode
+        self._bind_store(self.mode.authoritative)
+        dsn = self.server.dsn_of(self.mode.authoritative)
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
@@ -302,8 +306,19 @@ class ClientSession(asyncio.Protocol):
         self.upstream = proto
         self.phase = AUTH
         assert proto.transport is not None
-        proto.transport.write(startup.raw + b"".join(self.early))
+        proto.transport.write(self._startup_for(dsn, startup) + b"".join(self.early))
         self.early.clear()
+
+    def _startup_for(self, dsn: Dsn, startup: ev.StartupMessage) -> bytes:
+        """The client's StartupMessage for the store it goes to: on the new store, the
+        database named in SHADOW_NEW_DSN (the client names the old store's)."""
+        if self.store != Store.NEW.value or not dsn.database:
+            return startup.raw
+        if startup.get("database") == dsn.database:
+            return startup.raw
+        params = dict(startup.params)
+        params["database"] = dsn.database
+        return m.startup_message(params, startup.protocol)
 
     def _fail(self, sqlstate: str, message: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -557,10 +572,7 @@ class ClientSession(asyncio.Protocol):
         if old is not None:
             old.detach()
         self.old_key = key
-        self.store = target.value
-        self.stats = self.server.statement_counters(self.store)
-        self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
-        self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
+        self._bind_store(target)
         # The mirror now runs the other way: stop, then start as the mode says.
         if self.recorder.mirroring:
             self._stop_mirroring(refeed=False)
@@ -572,6 +584,13 @@ class ClientSession(asyncio.Protocol):
         metrics.AUTHORITY_SWITCHES.labels(target.value, "moved").inc()
         metrics.AUTHORITY_SWITCH_SECONDS.observe(perf_counter() - started)
         self._switched()
+
+    def _bind_store(self, store: Store) -> None:
+        """The store this session's upstream is on, and its metric children."""
+        self.store = store.value
+        self.stats = self.server.statement_counters(self.store)
+        self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
+        self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
 
     def _switched(self) -> None:
         """Let the client's requests that waited for the move go on."""

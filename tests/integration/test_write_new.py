@@ -61,6 +61,14 @@ def test_one_session_walks_the_ladder(pg_pair: PgPair, proxy_factory: Any) -> No
         assert in_txn_marker(conn) == 1  # new is authoritative now
         status = proxy.status()
         assert status["sessions_by_store"] == {"old": 0, "new": 1}, status
+        # A session opened now connects to the new store, to the database of
+        # SHADOW_NEW_DSN (the client names the old store's).
+        with psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) as fresh:
+            fresh.execute("SET search_path = app, public")
+            assert in_txn_marker(fresh) == 1
+            row = fresh.execute("SELECT current_database()").fetchone()
+            assert row == (pg_pair.new,)
+            write(fresh, "fresh in write-new")
 
         set_mode(proxy, "new-only")
         write(conn, "new-only")
@@ -77,5 +85,5 @@ def test_one_session_walks_the_ladder(pg_pair: PgPair, proxy_factory: Any) -> No
     with pg_pair.connect("new", autocommit=True) as c:
         c.execute(f"DELETE FROM app.t WHERE id = {MARKER}")
     count, _ = pg_pair.assert_same("app.t")
-    assert count == 7 * 6
+    assert count == 8 * 6
     assert proxy.divergences() == []
