@@ -343,7 +343,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        if self.new_dsn is None and self.mode not in (Mode.OLD_ONLY, Mode.NEW_ONLY):
+        # new-only serves everything from the new store: it needs its address too.
+        if self.new_dsn is None and self.mode is not Mode.OLD_ONLY:
             raise _SettingProblem("new_dsn", f"required when mode is {self.mode.value}")
         if (self.tls_cert is None) != (self.tls_key is None):
             missing = "tls_key" if self.tls_key is None else "tls_cert"

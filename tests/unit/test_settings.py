@@ -243,9 +243,14 @@ def test_settings_are_frozen() -> None:
     assert isinstance(s, Settings)
 
 
-@pytest.mark.parametrize("mode", ["old-only", "new-only"])
-def test_new_dsn_optional_at_the_ends_of_the_ladder(mode: str) -> None:
-    assert load_settings(old_dsn=OLD, mode=mode).new_dsn is None
+def test_new_dsn_optional_in_old_only() -> None:
+    assert load_settings(old_dsn=OLD, mode="old-only").new_dsn is None
+
+
+def test_new_dsn_required_in_new_only() -> None:
+    assert config_error(old_dsn=OLD, mode="new-only") == (
+        "SHADOW_NEW_DSN: required when mode is new-only"
+    )
 
 
 @pytest.mark.parametrize(
