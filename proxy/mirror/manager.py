@@ -133,10 +133,9 @@ _MANAGERS: weakref.WeakSet[MirrorManager] = weakref.WeakSet()
 
 
 def publish_backlog() -> None:
-    """The queue and journal gauges: every mirror of the process (one per direction),
-    except a parked one (its journal waits for a revert; it is not a backlog)."""
+    """The journal gauge: every mirror of the process (one per direction), except a
+    parked one (its journal waits for a revert; it is not a backlog)."""
     live = [m for m in _MANAGERS if not m.parked]
-    metrics.MIRROR_QUEUE_DEPTH.set(sum(m.queued_units for m in live))
     metrics.JOURNAL_BACKLOG.set(sum(m.journal.pending() for m in live))
 
 
@@ -508,7 +507,9 @@ class SessionMirror:
     def _account(self, units: int, size: int) -> None:
         self.manager.queued_units += units
         self.manager.queued_bytes += size
-        publish_backlog()
+        # Every unit passes here twice: the gauge moves by the difference (both
+        # directions' queues add up), not by a walk over the managers.
+        metrics.MIRROR_QUEUE_DEPTH.inc(units)
 
     def take_all(self) -> list[Unit]:
         units = list(self.queue)

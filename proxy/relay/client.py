@@ -479,12 +479,13 @@ class ClientSession(asyncio.Protocol):
                 self.lockstep.learn()
         elif manager is None and self.recorder.mirroring and not self._stop_mirroring():
             return
+        self.mode = mode
         if self.lockstep is not None:
             if mode.read_store is mode.authoritative:
                 self.lockstep.closed()  # no reads on the other store any more
             # new-only journals for a revert: nothing to wait for at commits.
             self.lockstep.sync = self._sync and mode is not Mode.NEW_ONLY
-        self.mode = mode
+            self.lockstep.mode_applied(mode)
 
     def _stop_mirroring(self, refeed: bool = True) -> bool:
         lockstep = self.lockstep

@@ -63,7 +63,7 @@ from proxy.relay.answers import (
 from proxy.relay.reads import ReadRoute, read_batch
 from proxy.relay.shadow import SessionShadow, ShadowRead
 from proxy.relay.switch import LEARN_SETTINGS, LEARN_STATEMENTS, statement_row
-from proxy.routing import Store
+from proxy.routing import Mode, Store
 from proxy.wire.pg import Completion, Request
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
@@ -143,6 +143,8 @@ class LockStep(AnswerFilter):
         "shadow",
         "route",
         "_arrived",
+        "route_reads",
+        "shadowing",
     )
 
     def __init__(self, session: ClientSession) -> None:
@@ -173,6 +175,11 @@ class LockStep(AnswerFilter):
         self.shadow: SessionShadow | None = None
         self.route: ReadRoute | None = None  # read-new: reads on the read store (reads.py)
         self._arrived = 0.0  # when the oldest request not yet forwarded arrived
+        # What the session's mode asks of each request, kept as flags (the hot path
+        # would otherwise ask the mode for every message): see mode_applied().
+        self.route_reads = False  # read-new: reads go to the new store
+        self.shadowing = False  # reads are sampled for shadow reads
+        self.mode_applied(session.mode)
 
     @property
     def busy(self) -> bool:
@@ -207,7 +214,7 @@ class LockStep(AnswerFilter):
         s._track_requests([e])
         self._note(e)
         cls = type(e)
-        if (cls is ev.Query or cls is ev.Execute) and s.mode.shadow_reads and not self.block:
+        if (cls is ev.Query or cls is ev.Execute) and self.shadowing and not self.block:
             self._sample(e)
         if cls is ev.Query or cls is ev.Execute:
             req = s.tracker.tail
@@ -341,7 +348,7 @@ class LockStep(AnswerFilter):
         batch: list[bytes] = []
         while held and self.state == FLOWING:
             e = held[0]
-            if self._routable():
+            if self.route_reads and self._routable():
                 n = read_batch(held, self.s.recorder.statements)
                 if n:
                     self._write(batch)
@@ -375,9 +382,6 @@ class LockStep(AnswerFilter):
     def _routable(self) -> bool:
         """Idle, nothing in flight, and the mode reads from the other store."""
         s = self.s
-        mode = s.mode
-        if mode.read_store is mode.authoritative or mode.read_store is not Store.NEW:
-            return False
         if self.block or self.writes or s.outstanding or s.status != _IDLE or s.tracker.pending:
             return False
         if self.route is None:
@@ -386,6 +390,10 @@ class LockStep(AnswerFilter):
                 return False
             self.route = ReadRoute(s, manager, s.mirror.params)
         return self.route.usable()
+
+    def mode_applied(self, mode: Mode) -> None:
+        self.route_reads = mode.read_store is Store.NEW and mode.authoritative is Store.OLD
+        self.shadowing = mode.shadow_reads
 
     def _route(self, batch: list[Any]) -> None:
         self._arrived = 0.0  # a routed read's wait is the read store's (reads.py)

@@ -19,7 +19,9 @@
 # Environment (defaults in brackets):
 #   SCALE [10]  DURATION [20] seconds per run  ROUNDS [2]  CLIENTS [8]  THREADS [2]
 #   TARGETS   ["direct pgbouncer old-only dual-sync dual-async"]  any subset, any order;
-#             also shadow-read (mode shadow-read, sync, 10 % of reads shadowed)
+#             also shadow-read (mode shadow-read, sync, 10 % of reads shadowed),
+#             read-new (reads served by the new store) and write-new (writes
+#             authoritative on the new store, mirrored to the old one in lock-step)
 #   WORKLOADS ["select-simple select-extended select-prepared tpcb-extended"]
 #               select-simple   = -S -M simple      select-extended = -S -M extended
 #               select-prepared = -S -M prepared    tpcb-extended   = built-in tpcb-like, -M extended
@@ -76,8 +78,8 @@ read -r -a WORKLOAD_LIST <<<"$WORKLOADS"
 ((${#TARGET_LIST[@]} > 0)) || die "TARGETS is empty"
 ((${#WORKLOAD_LIST[@]} > 0)) || die "WORKLOADS is empty"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct | pgbouncer | old-only | dual-sync | dual-async | shadow-read) ;;
-    *) die "unknown target '$t' (direct pgbouncer old-only dual-sync dual-async shadow-read)" ;;
+    case $t in direct | pgbouncer | old-only | dual-sync | dual-async | shadow-read | read-new | write-new) ;;
+    *) die "unknown target '$t' (direct pgbouncer old-only dual-sync dual-async shadow-read read-new write-new)" ;;
     esac
 done
 
@@ -105,7 +107,11 @@ has_target() {
 for cmd in pgbench psql pg_isready createdb dropdb python3; do
     command -v "$cmd" >/dev/null || die "'$cmd' not found on PATH"
 done
-if has_target old-only || has_target dual-sync || has_target dual-async || has_target shadow-read; then
+is_proxy_target() { [[ $1 == old-only || $1 == dual-* || $1 == shadow-read || $1 == read-new || $1 == write-new ]]; }
+is_mirrored_target() { [[ $1 == dual-* || $1 == shadow-read || $1 == read-new || $1 == write-new ]]; }
+uses_proxy=0
+for t in "${TARGET_LIST[@]}"; do is_proxy_target "$t" && uses_proxy=1; done
+if ((uses_proxy)); then
     command -v curl >/dev/null || die "'curl' not found on PATH"
     [[ -x $SHADOWPROXY_BIN ]] || die "$SHADOWPROXY_BIN not found (run 'make' / pip install -e . first)"
 fi
@@ -305,7 +311,7 @@ target_port() {
     case $1 in
     direct) echo "$PG_PORT" ;;
     pgbouncer) echo "$PGB_PORT" ;;
-    old-only | dual-sync | dual-async | shadow-read) echo "${PROXY_PORT[$1]}" ;;
+    *) echo "${PROXY_PORT[$1]}" ;;
     esac
 }
 
@@ -441,8 +447,9 @@ run_one() {
 
 # --------------------------------------------------------------------------- main
 
-ports=$(free_ports 9)
-read -r PGB_PORT P_OLD P_OLD_ADMIN P_SYNC P_SYNC_ADMIN P_ASYNC P_ASYNC_ADMIN P_SHADOW P_SHADOW_ADMIN <<<"$ports"
+ports=$(free_ports 13)
+read -r PGB_PORT P_OLD P_OLD_ADMIN P_SYNC P_SYNC_ADMIN P_ASYNC P_ASYNC_ADMIN P_SHADOW P_SHADOW_ADMIN \
+    P_RNEW P_RNEW_ADMIN P_WNEW P_WNEW_ADMIN <<<"$ports"
 PGB_VERSION="pgbouncer not used"
 
 log "work dir: $WORK"
@@ -452,11 +459,14 @@ has_target old-only && start_proxy old-only old-only sync "$P_OLD" "$P_OLD_ADMIN
 has_target dual-sync && start_proxy dual-sync dual-write sync "$P_SYNC" "$P_SYNC_ADMIN"
 has_target dual-async && start_proxy dual-async dual-write async "$P_ASYNC" "$P_ASYNC_ADMIN"
 has_target shadow-read && start_proxy shadow-read shadow-read sync "$P_SHADOW" "$P_SHADOW_ADMIN"
+has_target read-new && start_proxy read-new read-new sync "$P_RNEW" "$P_RNEW_ADMIN"
+has_target write-new && start_proxy write-new write-new sync "$P_WNEW" "$P_WNEW_ADMIN"
 
 n_targets=${#TARGET_LIST[@]}
 total_s=$((ROUNDS * ${#WORKLOAD_LIST[@]} * n_targets * DURATION))
 log "running $ROUNDS round(s) x ${#WORKLOAD_LIST[@]} workload(s) x $n_targets target(s) x ${DURATION}s (~${total_s}s of pgbench)"
 
+STORES_EQUAL=1 # both databases come from the same pgbench -i
 for ((round = 1; round <= ROUNDS; round++)); do
     widx=0
     for workload in "${WORKLOAD_LIST[@]}"; do
@@ -465,17 +475,22 @@ for ((round = 1; round <= ROUNDS; round++)); do
         for ((i = 0; i < n_targets; i++)); do
             target=${TARGET_LIST[$(((offset + i) % n_targets))]}
             mirrored=0
-            if [[ $target == dual-* || $target == shadow-read ]] && is_write_workload "$workload"; then
-                mirrored=1
+            if is_mirrored_target "$target" && { is_write_workload "$workload" || ((!STORES_EQUAL)); }; then
+                # A write run starts from equal stores; so does a run with shadow reads
+                # after writes that bypassed the mirror (else they report true differences).
+                is_write_workload "$workload" && mirrored=1
                 wait_drained "$target" || RUN_FAILURES=$((RUN_FAILURES + 1))
                 log "copying $OLD_DB into $NEW_DB before the $target $workload run"
                 reset_new_from_old
+                STORES_EQUAL=1
             fi
             run_one "$round" "$workload" "$target"
             if ((mirrored)); then
                 EQUALITY_CHECKS=$((EQUALITY_CHECKS + 1))
                 wait_drained "$target" || RUN_FAILURES=$((RUN_FAILURES + 1))
                 check_equal "round $round $workload" || DIVERGENCES=$((DIVERGENCES + 1))
+            elif is_write_workload "$workload"; then
+                STORES_EQUAL=0 # written without the mirror (direct, pgbouncer, old-only)
             fi
         done
         widx=$((widx + 1))
@@ -502,7 +517,7 @@ elif ((DIVERGENCES == 0)); then
 else
     echo "Equality check: DIFFERENT after $DIVERGENCES of $EQUALITY_CHECKS dual-write write run(s) (see $EQUALITY_CSV)."
 fi
-for mode in old-only dual-sync dual-async shadow-read; do
+for mode in old-only dual-sync dual-async shadow-read read-new write-new; do
     has_target "$mode" || continue
     div="$WORK/proxy-$mode/div.jsonl"
     echo "Proxy $mode divergence log: $( [[ -f $div ]] && wc -l <"$div" || echo 0) event(s) ($div)"
