@@ -107,6 +107,7 @@ class Parity:
 
     def __init__(self, stores: tuple[str, str] = ("old", "new")) -> None:
         self.samples: dict[str, tuple[deque[float], deque[float]]] = {}
+        self._series: dict[str, tuple[deque[float], deque[float], Any, Any]] = {}
         self.stores = stores  # (the store that answered the client, the shadow's)
 
     def label(self, fp: str) -> str:
@@ -116,11 +117,20 @@ class Parity:
 
     def record(self, fp: str, authoritative: float, other: float, stores: tuple[str, str]) -> None:
         label = self.label(fp)
-        old, new = self.samples.setdefault(label, (deque(maxlen=500), deque(maxlen=500)))
-        old.append(authoritative)
-        new.append(other)
-        metrics.SHADOW_READ_LATENCY.labels(stores[0], label).observe(authoritative)
-        metrics.SHADOW_READ_LATENCY.labels(stores[1], label).observe(other)
+        found = self._series.get(label)
+        if found is None:  # metric children looked up once per fingerprint
+            found = (
+                deque(maxlen=500),
+                deque(maxlen=500),
+                metrics.SHADOW_READ_LATENCY.labels(stores[0], label),
+                metrics.SHADOW_READ_LATENCY.labels(stores[1], label),
+            )
+            self._series[label] = found
+            self.samples[label] = (found[0], found[1])
+        found[0].append(authoritative)
+        found[1].append(other)
+        found[2].observe(authoritative)
+        found[3].observe(other)
 
     def table(self, limit: int = 20) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -331,7 +341,8 @@ async def run_read(conn: MirrorConnection, sr: ShadowRead) -> Digest:
         )
     else:
         conn.write(m.query(sr.sql))
-    return await asyncio.wait_for(_digest_answer(conn, digest), _TIMEOUT)
+    async with asyncio.timeout(_TIMEOUT):  # no task per read, unlike wait_for
+        return await _digest_answer(conn, digest)
 
 
 async def _digest_answer(conn: MirrorConnection, digest: Digest) -> Digest:
