@@ -475,6 +475,21 @@ def fingerprint(sql: str) -> str:
     return found
 
 
+def shape_fingerprint(sql: str) -> str:
+    """``fingerprint`` for statements sent with literals (the simple protocol), whose
+    text differs in every call: those of the same shape once the literals are
+    blanked (a regex, cheap) share one parse.  Two shapes that only the parser
+    tells apart (one of them unparseable) may share a fingerprint."""
+    found = _fingerprints.data.get(sql)
+    if found is None:
+        shape = "\0" + _LEXEME.sub(_blank_literals, sql)  # never a statement's own text
+        found = _fingerprints.data.get(shape)
+        if found is None:
+            found = _fingerprint_text(sql)
+            _fingerprints.put(shape, found)
+    return found
+
+
 def _fingerprint_text(sql: str) -> str:
     try:
         text = _scrub(normalize(sql))

@@ -1,10 +1,11 @@
 """Which tables the proxy has written, as counters: the shadow reads' witness.
 
 How this works: every unit handed to a mirror (either direction) bumps a
-counter per table it writes, by bare table name.  A shadow read notes the
-counters of the tables it reads when it is sampled; if both stores still
-answer differently after the re-checks, the counters say whether the proxy
-wrote any of those tables meanwhile.  If it did, the difference may be a
+sequence number and records it as the last write of each table it writes, by
+bare table name.  A shadow read notes the sequence number when it is sampled;
+if both stores still answer differently after the re-checks, the tables the
+statement reads (parsed only then) say whether the proxy wrote any of them
+meanwhile.  If it did, the difference may be a
 write in flight between the two stores (with lock-step, the new store
 commits a moment before the old one): the read is counted as inconclusive,
 not reported as a divergence.  If nothing was written through the proxy,
@@ -19,21 +20,23 @@ from proxy.mirror.unit import Unit
 
 
 class TableActivity:
-    __slots__ = ("writes",)
+    __slots__ = ("seq", "writes")
 
     def __init__(self) -> None:
-        self.writes: dict[str, int] = {}
+        self.seq = 0  # units noted so far
+        self.writes: dict[str, int] = {}  # table -> seq of the last unit writing it
 
     def note(self, unit: Unit) -> None:
+        self.seq += 1
+        seq = self.seq
         writes = self.writes
         for item in unit.items:
             for table in tables_of(item.sql):
-                name = table.rpartition(".")[2].strip('"')
-                writes[name] = writes.get(name, 0) + 1
+                writes[table.rpartition(".")[2].strip('"')] = seq
 
-    def snapshot(self, tables: tuple[str, ...]) -> tuple[int, ...]:
+    def written_since(self, seq: int, tables: tuple[str, ...]) -> bool:
         writes = self.writes
-        return tuple(writes.get(t, 0) for t in tables)
+        return any(writes.get(t, 0) > seq for t in tables)
 
 
 ACTIVITY = TableActivity()  # one per process: both mirrors note into it

@@ -29,7 +29,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.classify import fingerprint, relations_of
+from proxy.classify import relations_of, shape_fingerprint
 from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.wire.pg import ProtocolError, error_fields
@@ -98,8 +98,7 @@ class ShadowRead:
     bind_body: bytes | None
     digest: Digest
     started: float = field(default_factory=perf_counter)
-    tables: tuple[str, ...] = ()  # what the statement reads (bare names)
-    writes: tuple[int, ...] = ()  # the proxy's write counters of those tables, at sampling
+    seq: int = 0  # the proxy's write sequence number when the read was sampled
 
 
 class Parity:
@@ -199,15 +198,7 @@ class ShadowReader:
             return None
         self.inflight += 1
         ordered = bool(_ORDER_BY.search(sql))
-        tables = relations_of(sql)
-        return ShadowRead(
-            sql,
-            parse_body,
-            bind_body,
-            Digest(ordered),
-            tables=tables,
-            writes=ACTIVITY.snapshot(tables),
-        )
+        return ShadowRead(sql, parse_body, bind_body, Digest(ordered), seq=ACTIVITY.seq)
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -226,7 +217,7 @@ class ShadowReader:
             started = perf_counter()
             theirs = await run_read(conn, sr)
             other = perf_counter() - started
-            fp = fingerprint(sr.sql)
+            fp = shape_fingerprint(sr.sql)
             self.parity.record(fp, elapsed, other, self.stores)
             if sr.digest.same(theirs):
                 self._count("match")
@@ -242,7 +233,8 @@ class ShadowReader:
                 if again_ours.same(again_theirs):
                     self._count("transient")
                     return
-            if ACTIVITY.snapshot(sr.tables) != sr.writes or not sr.tables:
+            tables = relations_of(sr.sql)
+            if not tables or ACTIVITY.written_since(sr.seq, tables):
                 # The proxy wrote those tables meanwhile (or cannot tell which tables
                 # the statement reads): the stores may only be a commit apart.
                 self._count("inconclusive")

@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import classify as classify_module
-from proxy.classify import Kind, classify, fingerprint, is_read_only_begin, tables_of
+from proxy.classify import (
+    Kind,
+    classify,
+    fingerprint,
+    is_read_only_begin,
+    shape_fingerprint,
+    tables_of,
+)
 
 R, W, T, S, D = Kind.READ, Kind.WRITE, Kind.TXN, Kind.SESSION, Kind.DDL
 
@@ -515,3 +522,11 @@ def test_hostile_inputs() -> None:
     assert classify("insert into t values ('\ud800')") is W
     assert "\ud800" not in fingerprint("select '\ud800'")
     assert tables_of("insert into t values ('\ud800')") == ()
+
+
+def test_shape_fingerprint_shares_one_parse_per_shape() -> None:
+    a = shape_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 4321")
+    b = shape_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 77")
+    assert a == b == fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+    assert "4321" not in a
+    assert shape_fingerprint("SELECT v FROM t WHERE k = 'x'") != a
