@@ -32,7 +32,7 @@ from proxy import metrics
 from proxy.classify import relations_of, shape_fingerprint
 from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
-from proxy.wire.pg import ProtocolError, error_fields
+from proxy.wire.pg import ProtocolError, error_fields, split_messages
 from proxy.wire.pg import messages as m
 
 if TYPE_CHECKING:
@@ -338,13 +338,21 @@ async def run_read(conn: MirrorConnection, sr: ShadowRead) -> Digest:
 
 
 async def _digest_answer(conn: MirrorConnection, digest: Digest) -> Digest:
+    """Read whole chunks (one await for a small answer, not two per message)."""
+    reader = conn.reader
+    pending = b""
     while True:
-        t, body = await conn.read_message()
-        if t == 0x44:
-            digest.add(body)
-        elif t == 0x54:
-            digest.describe(body)
-        elif t == 0x45:
-            digest.error = error_fields(body).get("C", "error")
-        elif t == 0x5A:
-            return digest
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise ProtocolError("the store closed the connection")
+        msgs, pending = split_messages(pending + chunk)
+        for t, raw in msgs:
+            if t == 0x44:
+                digest.add(raw[5:])
+            elif t == 0x54:
+                digest.describe(raw[5:])
+            elif t == 0x45:
+                digest.error = error_fields(raw[5:]).get("C", "error")
+            elif t == 0x5A:
+                # Nothing follows a ReadyForQuery until the next request.
+                return digest
