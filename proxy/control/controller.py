@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 Subscriber = Callable[[ModeState], None]
 # Errors that mean "the control store is not usable right now" (fail static).
 STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# A barrier given up because the mode changed again meanwhile (not a failure).
+SUPERSEDED = "superseded by a newer epoch"
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 
@@ -371,6 +373,39 @@ class ModeController:
         for callback in list(self._subscribers):
             callback(state)
         return True
+
+    # -- the fleet barrier for moving writes ----------------------------------------------
+
+    async def fleet_quiesced(self, epoch: int, timeout: float) -> str:
+        """Writes move to the other store (``epoch``): say this instance is quiet, then
+        wait until every live instance is; '' when so, else why not.  Without a control
+        store this instance is the fleet.  Its own connection: the control loop's may
+        be busy (LISTEN, heartbeats)."""
+        if self.settings.control_dsn is None:
+            return ""
+        deadline = time.monotonic() + timeout
+        try:
+            store = await ControlStore.connect(
+                self.settings.control_dsn, max(1.0, min(5.0, timeout)), role="barrier"
+            )
+        except STORE_ERRORS as exc:
+            return f"the control store is unreachable: {exc}"
+        try:
+            await store.mark_quiesced(self.instance, epoch)
+            while True:
+                if self.epoch != epoch:
+                    return SUPERSEDED
+                waiting = await store.not_quiesced(epoch)
+                if not waiting:
+                    return ""
+                if time.monotonic() > deadline:
+                    return f"instances still in a transaction or behind: {', '.join(waiting)}"
+                await asyncio.sleep(0.01)
+        except STORE_ERRORS as exc:
+            return f"the control store is unreachable: {exc}"
+        finally:
+            with contextlib.suppress(*STORE_ERRORS):
+                await store.close()
 
     # -- changes through the admin API ---------------------------------------------------
 

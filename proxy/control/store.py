@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS shadowproxy.instances (
     parity jsonb NOT NULL DEFAULT '[]',
     pid integer,
     started_at timestamptz NOT NULL,
-    stopped_at timestamptz
+    stopped_at timestamptz,
+    quiesced_epoch bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS shadowproxy.audit (
     id bigserial PRIMARY KEY,
@@ -188,6 +189,11 @@ class ControlStore:
     async def ensure_schema(self) -> None:
         exists = await self.conn.fetchval("SELECT to_regclass('shadowproxy.compare_runs')")
         if exists is not None:
+            # A store created before the fleet barrier (see mark_quiesced) lacks its column.
+            await self.conn.execute(
+                "ALTER TABLE shadowproxy.instances"
+                " ADD COLUMN IF NOT EXISTS quiesced_epoch bigint NOT NULL DEFAULT 0"
+            )
             return
         async with self.conn.transaction():
             # Every instance of a fleet may start at once: CREATE ... IF NOT EXISTS
@@ -318,6 +324,28 @@ class ControlStore:
             hb.started_at,
             orjson.dumps(hb.parity or []).decode(),
         )
+
+    async def mark_quiesced(self, instance: str, epoch: int) -> None:
+        """This instance holds no transaction on the store writes are leaving (epoch)."""
+        await self.conn.execute(
+            "UPDATE shadowproxy.instances SET quiesced_epoch = greatest(quiesced_epoch, $2)"
+            " WHERE instance = $1",
+            instance,
+            epoch,
+        )
+
+    async def not_quiesced(self, epoch: int) -> list[str]:
+        """Live instances that have not quiesced for ``epoch`` yet."""
+        rows = await self.conn.fetch(
+            f"""
+            SELECT instance FROM shadowproxy.instances
+            WHERE quiesced_epoch < $1 AND stopped_at IS NULL
+              AND heartbeat_at > now() - make_interval(secs => {LIVE_INTERVALS} * poll_interval)
+            ORDER BY instance
+            """,
+            epoch,
+        )
+        return [r["instance"] for r in rows]
 
     async def stopped(self, instance: str, pid: int) -> None:
         """Mark a clean shutdown: no longer expected to acknowledge changes (a crashed

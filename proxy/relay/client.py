@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.classify import Kind, fingerprint, kind_of_tag, tables_of
+from proxy.control.controller import SUPERSEDED
 from proxy.mirror.connection import MirrorUnavailable
 from proxy.mirror.recorder import Recorder
 from proxy.mirror.unit import Unit
@@ -466,7 +467,9 @@ class ClientSession(asyncio.Protocol):
         mode = self.server.mode
         if self.lockstep is not None and self.lockstep.state:
             return  # a commit, a routed read or a catalog read under way: next boundary
-        if mode.authoritative.value != self.store:
+        if mode.authoritative.value != self.store or (
+            self.server.barrier_pending(mode.authoritative)
+        ):
             self._switch_authority(mode)
             return
         manager = self.server.manager_for(mode)
@@ -537,9 +540,17 @@ class ClientSession(asyncio.Protocol):
         started = perf_counter()
         try:
             why = await self.server.authority_ready(target)
-            if why:
+            if why == SUPERSEDED:  # the mode changed again: the next boundary decides
+                self._switched()
+                return
+            if why and self.store != target.value:
                 raise SwitchFailed(why)
             if self.phase != READY:
+                return
+            if self.store == target.value:  # already there: it only waited for the barrier
+                self.switching = False
+                self._apply_mode()
+                self._switched()
                 return
             settings, statements = await switch.learn(self, timeout)
             if self.phase != READY:

@@ -21,7 +21,7 @@ from typing import Any
 from proxy import logs, metrics
 from proxy.classify import Kind
 from proxy.control.admin import start_admin
-from proxy.control.controller import ModeController
+from proxy.control.controller import SUPERSEDED, ModeController
 from proxy.control.statefile import ModeState
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.manager import MirrorConfig, MirrorManager
@@ -79,7 +79,7 @@ class ProxyServer:
             self.shadow_readers.get(id(self.mirror_manager)) if self.mirror_manager else None
         )
         # Moving the authoritative store: one preparation per target (see authority_ready).
-        self._authority: dict[Store, tuple[float, asyncio.Future[str]]] = {}
+        self._authority: dict[Store, tuple[int, float, asyncio.Future[str]]] = {}
         self.tls_context: ssl.SSLContext | None = None
         if settings.tls_cert and settings.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -103,7 +103,12 @@ class ProxyServer:
 
     def _mode_changed(self, state: ModeState) -> None:
         """Sessions read ``self.mode`` at their next transaction boundary."""
+        moved = state.mode.authoritative is not self.mode.authoritative
         self.mode, self.epoch = state.mode, state.epoch
+        if moved and self.settings.new_dsn is not None:
+            # The barrier runs whether or not a session here asks for it: the other
+            # instances wait for this one to say it is quiet.
+            self.authority_ready(state.mode.authoritative)
         if self.reverse_manager is not None:
             if self.mode is Mode.NEW_ONLY:
                 self.reverse_manager.park()
@@ -136,14 +141,24 @@ class ProxyServer:
     def authority_ready(self, store: Store) -> asyncio.Future[str]:
         """Writes may move to ``store`` once the mirror feeding it has applied
         everything and its sequences are ahead: '' when so, else why not.  One
-        preparation serves every session; a failed one is retried after a pause."""
+        preparation serves every session of an epoch (sessions that were idle move
+        later on its strength); a failed one is retried after a pause.  A new epoch
+        prepares again: writes went to the other store in between."""
         found = self._authority.get(store)
-        if found is not None and (not found[1].done() or time.monotonic() - found[0] < 5.0):
-            return found[1]
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._authority[store] = (time.monotonic(), fut)
+        if found is not None and found[0] == self.epoch:
+            _, started, fut = found
+            if not fut.done() or not fut.result() or time.monotonic() - started < 5.0:
+                return fut
+        fut = asyncio.get_running_loop().create_future()
+        self._authority[store] = (self.epoch, time.monotonic(), fut)
         self.spawn(self._prepare_authority(store, fut))
         return fut
+
+    def barrier_pending(self, store: Store) -> bool:
+        """Writes are moving to ``store`` in this epoch and the barrier is not over:
+        every session's next transaction waits for it, whichever store it is on."""
+        found = self._authority.get(store)
+        return found is not None and found[0] == self.epoch and not found[2].done()
 
     async def _prepare_authority(self, store: Store, fut: asyncio.Future[str]) -> None:
         feeding = self.mirror_manager if store is Store.NEW else self.reverse_manager
@@ -156,8 +171,12 @@ class ProxyServer:
             # store and its mirror has applied everything, all of them move: no two
             # sessions of this instance ever write first on different stores (their
             # lock-step mirrors would wait on each other's row locks).
+            epoch = self.epoch
             deadline = time.monotonic() + self.settings.authority_switch_timeout
             while True:
+                if self.epoch != epoch:
+                    why = SUPERSEDED
+                    break
                 busy = sum(
                     1 for s in self.sessions if s.store != store.value and not s.quiet_for_switch()
                 )
@@ -171,6 +190,13 @@ class ProxyServer:
                     )
                     break
                 await asyncio.sleep(0.002)
+            if not why:
+                # Every instance of the fleet quiet too: else a session of an instance
+                # that has not flipped yet and one of ours would write first on
+                # different stores, and their lock-step mirrors wait on each other.
+                why = await self.control.fleet_quiesced(
+                    epoch, max(0.0, deadline - time.monotonic())
+                )
             if not why and feeding.config.source is not None:
                 try:
                     await sync_sequences(
@@ -181,7 +207,7 @@ class ProxyServer:
                     )
                 except Exception as exc:  # reported to the sessions, which stay put
                     why = f"cannot advance the {store.value} store's sequences: {exc}"
-        if why:
+        if why and why != SUPERSEDED:
             log.warning("writes cannot move to the %s store yet: %s", store.value, why)
         fut.set_result(why)
 
