@@ -189,11 +189,18 @@ class ControlStore:
     async def ensure_schema(self) -> None:
         exists = await self.conn.fetchval("SELECT to_regclass('shadowproxy.compare_runs')")
         if exists is not None:
-            # A store created before the fleet barrier (see mark_quiesced) lacks its column.
-            await self.conn.execute(
-                "ALTER TABLE shadowproxy.instances"
-                " ADD COLUMN IF NOT EXISTS quiesced_epoch bigint NOT NULL DEFAULT 0"
+            # A store created before the fleet barrier (see mark_quiesced) lacks its
+            # column; looked up first, since ALTER TABLE locks the table even when the
+            # column exists.
+            missing = await self.conn.fetchval(
+                "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid ="
+                " 'shadowproxy.instances'::regclass AND attname = 'quiesced_epoch')"
             )
+            if missing:
+                await self.conn.execute(
+                    "ALTER TABLE shadowproxy.instances"
+                    " ADD COLUMN IF NOT EXISTS quiesced_epoch bigint NOT NULL DEFAULT 0"
+                )
             return
         async with self.conn.transaction():
             # Every instance of a fleet may start at once: CREATE ... IF NOT EXISTS
