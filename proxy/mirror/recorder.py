@@ -26,6 +26,7 @@ from proxy.mirror.pinning import Pinner, Plan, Unpinnable, image_items
 from proxy.mirror.unit import Item, ItemKind, Unit
 from proxy.wire.pg import Completion
 from proxy.wire.pg import events as ev
+from proxy.wire.pg._rows import parse_body
 from proxy.wire.pg._tracker import E, Q, S
 
 _SET_OR_RESET = re.compile(r"\s*(set|reset)\s+(?:session\s+)?([a-z_][\w.]*)", re.IGNORECASE)
@@ -141,13 +142,7 @@ class Recorder:
 
     def learn_statement(self, name: str, sql: str, param_oids: list[int]) -> None:
         """A statement the client prepared before this session mirrored."""
-        body = (
-            sql.encode("utf-8", "surrogateescape")
-            + b"\0"
-            + len(param_oids).to_bytes(2, "big")
-            + b"".join(o.to_bytes(4, "big") for o in param_oids)
-        )
-        self.parse(ev.Parse(b"", name, sql, body))
+        self.parse(ev.Parse(b"", name, sql, parse_body(sql, oids=param_oids)))
         if isinstance(self._pins.get(name), Plan):
             # Prepared without the pinning RETURNING: its generated values cannot be
             # captured; reported at each use rather than guessed.

@@ -31,7 +31,7 @@ from proxy import metrics
 from proxy.classify import Kind, classify
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.relay.shadow import SessionShadow, ShadowRead
-from proxy.wire.pg import BOUNDARIES, BackendScanner, ProtocolError, error_fields, split_messages
+from proxy.wire.pg import BOUNDARIES, BackendScanner, ProtocolError, split_messages
 from proxy.wire.pg import events as ev
 from proxy.wire.pg import messages as m
 
@@ -273,15 +273,11 @@ class ReadRoute:
             for t, body in events:
                 if t == 0x5A:
                     done = True
-                elif t == 0x45:
+                    continue
+                if t == 0x45:
                     metrics.STATEMENT_ERRORS.labels("new").inc()
-                    if sr is not None:
-                        sr.digest.error = error_fields(body).get("C", "error")
-                elif sr is not None:
-                    if t == 0x44:
-                        sr.digest.add(body)
-                    elif t == 0x54:
-                        sr.digest.describe(body)
+                if sr is not None:
+                    sr.digest.take(t, body)
             if done:
                 return
             if transport is not None and transport.get_write_buffer_size() > _WRITE_HIGH:

@@ -69,6 +69,15 @@ class Digest:
             pos = nul + 19
         self.columns = cols
 
+    def take(self, t: int, body: bytes) -> None:
+        """One answer message: rows and their description digested, an error noted."""
+        if t == 0x44:
+            self.add(body)
+        elif t == 0x54:
+            self.describe(body)
+        elif t == 0x45:
+            self.error = error_fields(body).get("C", "error")
+
     def add(self, row: bytes) -> None:
         self.rows += 1
         h = hash(row)
@@ -347,12 +356,6 @@ async def _digest_answer(conn: MirrorConnection, digest: Digest) -> Digest:
             raise ProtocolError("the store closed the connection")
         msgs, pending = split_messages(pending + chunk)
         for t, raw in msgs:
-            if t == 0x44:
-                digest.add(raw[5:])
-            elif t == 0x54:
-                digest.describe(raw[5:])
-            elif t == 0x45:
-                digest.error = error_fields(raw[5:]).get("C", "error")
-            elif t == 0x5A:
-                # Nothing follows a ReadyForQuery until the next request.
+            if t == 0x5A:  # nothing follows a ReadyForQuery until the next request
                 return digest
+            digest.take(t, raw[5:])

@@ -31,7 +31,7 @@ from proxy.mirror.connection import MirrorConnection
 from proxy.mirror.pinning import Plan
 from proxy.wire.pg import error_fields, split_messages
 from proxy.wire.pg import messages as m
-from proxy.wire.pg._rows import data_row_values
+from proxy.wire.pg._rows import data_row_values, parse_body
 
 if TYPE_CHECKING:
     from proxy.mirror.manager import MirrorManager
@@ -125,15 +125,6 @@ async def learn(s: ClientSession, timeout: float) -> tuple[list[str], list[tuple
     return settings, statements
 
 
-def parse_body(sql: str, oids: list[int]) -> bytes:
-    return (
-        sql.encode("utf-8", "surrogateescape")
-        + b"\0"
-        + len(oids).to_bytes(2, "big")
-        + b"".join(o.to_bytes(4, "big") for o in oids)
-    )
-
-
 async def open_authoritative(
     s: ClientSession,
     dsn: Dsn,
@@ -163,7 +154,7 @@ async def open_authoritative(
                 answers += 1
                 continue
             found = known.get(name)
-            sql, body = (found[0], found[1]) if found else (text, parse_body(text, oids))
+            sql, body = (found[0], found[1]) if found else (text, parse_body(text, oids=oids))
             if manager is not None and classify(sql) in (Kind.WRITE, Kind.DDL):
                 plan = manager.pinner.plan(sql)
                 if isinstance(plan, Plan):  # the mirror needs the generated values

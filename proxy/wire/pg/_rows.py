@@ -42,6 +42,7 @@ def _end(body: bytes, start: int, length: int) -> int:
 _I16 = Struct("!h")
 _U16 = Struct("!H")
 _I32 = Struct("!i")
+_U32 = Struct("!I")
 NO_DATA = b"n\x00\x00\x00\x04"
 
 
@@ -125,11 +126,13 @@ def bind_with_result_formats(body: bytes, offset: int, codes: list[int]) -> byte
     return body[:offset] + _U16.pack(len(codes)) + b"".join(_I16.pack(c) for c in codes)
 
 
-def parse_body(sql: str, nparams: int = 0) -> bytes:
-    """Body of a Parse after its name: parameter types left to the server (0)."""
-    return (
-        sql.encode("utf-8", "surrogateescape") + b"\0" + _U16.pack(nparams) + b"\0" * (4 * nparams)
-    )
+def parse_body(sql: str, nparams: int = 0, oids: tuple[int, ...] | list[int] = ()) -> bytes:
+    """Body of a Parse after its name: ``oids`` as the parameter types, else
+    ``nparams`` types left to the server (0)."""
+    head = sql.encode("utf-8", "surrogateescape") + b"\0"
+    if oids:
+        return head + _U16.pack(len(oids)) + b"".join(_U32.pack(o) for o in oids)
+    return head + _U16.pack(nparams) + b"\0" * (4 * nparams)
 
 
 def bind_body(values: list[bytes | None], fmt: int) -> bytes:
