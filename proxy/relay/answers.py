@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 # The lock-step's states (lockstep.py); the filter needs to know ENDING.
 FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG, LEARNING, ROUTED = range(8)
+# A client session's phases (client.py; switch.py reads them too).
+STARTUP, CONNECTING, AUTH, READY, CLOSED = range(5)
 _IDLE = ord("I")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
 

@@ -24,14 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.classify import Kind, fingerprint, kind_of_tag, tables_of
-from proxy.control.controller import SUPERSEDED
-from proxy.mirror.connection import MirrorUnavailable
 from proxy.mirror.recorder import Recorder
 from proxy.mirror.unit import Unit
-from proxy.relay import switch
-from proxy.relay.answers import ENDING, Internal
+from proxy.relay.answers import _IDLE, AUTH, CLOSED, CONNECTING, ENDING, READY, STARTUP, Internal
 from proxy.relay.lockstep import LockStep
-from proxy.relay.switch import SwitchFailed
+from proxy.relay.switch import SwitchMixin
 from proxy.relay.upstream import UpstreamProtocol
 from proxy.routing import Mode, Store
 from proxy.wire.pg import (
@@ -57,13 +54,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STARTUP, CONNECTING, AUTH, READY, CLOSED = range(5)
-_IDLE = ord("I")
 # Startup parameters that describe the connection itself, not session state.
 _NOT_SESSION_STATE = frozenset({"user", "database", "replication", "options", "application_name"})
 
 
-class ClientSession(asyncio.Protocol):
+class ClientSession(SwitchMixin, asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.id = server.next_session_id()
@@ -100,11 +95,7 @@ class ClientSession(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None  # see client_writable
         self.manager: MirrorManager | None = None  # the mirror this session records for
         self._sync = server.settings.mirror_consistency == "sync"
-        # Moving the authoritative store (switch.py): the client's bytes meanwhile.
-        self.switching = False
-        self._switch_buf: list[bytes] = []
-        self._switch_retry_at = 0.0
-        self._state_known = False  # the session's state was just replayed: no learn()
+        self._init_switch()  # moving the authoritative store (switch.py)
         self.stats = server.statement_counters(self.store)
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
         self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
@@ -510,106 +501,12 @@ class ClientSession(asyncio.Protocol):
             self._switch_buf.insert(0, rest)
         return True
 
-    # -- moving the authoritative store (switch.py) -------------------------------------
-
-    def quiet_for_switch(self) -> bool:
-        """Holds no transaction open and no request in flight on its store."""
-        if self.switching or self.phase != READY:
-            return True
-        lockstep = self.lockstep
-        return (
-            self.status == _IDLE
-            and not self.outstanding
-            and (lockstep is None or (not lockstep.state and not lockstep.held))
-        )
-
-    def _switch_authority(self, mode: Mode) -> None:
-        if self.switching or perf_counter() < self._switch_retry_at:
-            return
-        lockstep = self.lockstep
-        if lockstep is not None and (lockstep.held or lockstep.filtering or lockstep.state):
-            return  # not quiet yet: the next boundary
-        if self.frames is not None and not self.frames.at_boundary:
-            return
-        self.switching = True
-        self.server.spawn(self._switch(mode))
-
-    async def _switch(self, mode: Mode) -> None:
-        target = mode.authoritative
-        timeout = self.server.settings.mirror_connect_timeout
-        started = perf_counter()
-        try:
-            why = await self.server.authority_ready(target)
-            if why == SUPERSEDED:  # the mode changed again: the next boundary decides
-                self._switched()
-                return
-            if why and self.store != target.value:
-                raise SwitchFailed(why)
-            if self.phase != READY:
-                return
-            if self.store == target.value:  # already there: it only waited for the barrier
-                self.switching = False
-                self._apply_mode()
-                self._switched()
-                return
-            settings, statements = await switch.learn(self, timeout)
-            if self.phase != READY:
-                return
-            transport, keep, key, prelude = await switch.open_authoritative(
-                self,
-                self.server.dsn_of(target),
-                self._startup_params(),
-                settings,
-                statements,
-                self.server.manager_for(mode),
-                timeout,
-            )
-        except (SwitchFailed, MirrorUnavailable, ProtocolError, OSError, TimeoutError) as exc:
-            metrics.AUTHORITY_SWITCHES.labels(target.value, "failed").inc()
-            self.log.warning(
-                "session %d: stays on the %s store for now: %s", self.id, self.store, exc
-            )
-            self._switch_retry_at = perf_counter() + 5.0
-            self._switched()
-            return
-        if self.phase != READY:
-            transport.close()
-            return
-        old = self.upstream
-        proto = UpstreamProtocol(self)
-        proto.keep = keep
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
-        self.upstream = proto
-        if old is not None:
-            old.detach()
-        self.old_key = key
-        self._bind_store(target)
-        # The mirror now runs the other way: stop, then start as the mode says.
-        if self.recorder.mirroring:
-            self._stop_mirroring(refeed=False)
-        self.recorder.prelude[:] = prelude
-        self._state_known = True
-        self._apply_mode()
-        self._state_known = False
-        self.recorder.replan()
-        metrics.AUTHORITY_SWITCHES.labels(target.value, "moved").inc()
-        metrics.AUTHORITY_SWITCH_SECONDS.observe(perf_counter() - started)
-        self._switched()
-
     def _bind_store(self, store: Store) -> None:
         """The store this session's upstream is on, and its metric children."""
         self.store = store.value
         self.stats = self.server.statement_counters(self.store)
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.store)
         self.errors = metrics.STATEMENT_ERRORS.labels(self.store)
-
-    def _switched(self) -> None:
-        """Let the client's requests that waited for the move go on."""
-        self.switching = False
-        rest, self._switch_buf = self._switch_buf, []
-        if rest and self.phase == READY:
-            self.data_received(b"".join(rest))
 
     def _startup_params(self) -> dict[str, str]:
         if self.startup is None:

@@ -24,19 +24,31 @@ the proxy's user for that store.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import logging
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, cast
 
+from proxy import metrics
 from proxy.classify import Kind, classify
-from proxy.mirror.connection import MirrorConnection
+from proxy.control.controller import SUPERSEDED
+from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.mirror.pinning import Plan
-from proxy.wire.pg import error_fields, split_messages
+from proxy.relay.answers import _IDLE, READY
+from proxy.relay.upstream import UpstreamProtocol
+from proxy.wire.pg import ProtocolError, error_fields, split_messages
 from proxy.wire.pg import messages as m
 from proxy.wire.pg._rows import data_row_values, parse_body
 
 if TYPE_CHECKING:
     from proxy.mirror.manager import MirrorManager
+    from proxy.mirror.recorder import Recorder
     from proxy.relay.client import ClientSession
+    from proxy.relay.lockstep import LockStep
+    from proxy.relay.server import ProxyServer
+    from proxy.routing import Mode, Store
     from proxy.settings import Dsn
+    from proxy.wire.pg import FrameChecker
+    from proxy.wire.pg import events as ev
 
 # The session's prepared statements and the settings it changed (not those of its
 # startup packet: the new connection is opened with the same ones).
@@ -88,7 +100,7 @@ class _Collector(asyncio.Protocol):
             self.done.set_exception(self.lost)
 
 
-async def learn(s: ClientSession, timeout: float) -> tuple[list[str], list[tuple[Any, ...]]]:
+async def learn(s: SwitchMixin, timeout: float) -> tuple[list[str], list[tuple[Any, ...]]]:
     """The session's SETs (as set_config statements) and prepared statements
     (name, text, from SQL PREPARE, parameter type OIDs), from its current store."""
     assert s.upstream is not None and s.upstream.transport is not None
@@ -126,7 +138,7 @@ async def learn(s: ClientSession, timeout: float) -> tuple[list[str], list[tuple
 
 
 async def open_authoritative(
-    s: ClientSession,
+    s: SwitchMixin,
     dsn: Dsn,
     params: dict[str, str],
     settings: list[str],
@@ -181,3 +193,128 @@ async def open_authoritative(
     except BaseException:
         conn.close()
         raise
+
+
+class SwitchMixin:
+    """The session's side of a move, mixed into ClientSession."""
+
+    # ClientSession's, read and called here.
+    server: ProxyServer
+    id: int
+    log: logging.LoggerAdapter[logging.Logger]
+    phase: int
+    status: int
+    outstanding: int
+    store: str
+    upstream: UpstreamProtocol | None
+    old_key: tuple[int, bytes] | None
+    lockstep: LockStep | None
+    frames: FrameChecker | None
+    recorder: Recorder
+    startup: ev.StartupMessage | None
+
+    if TYPE_CHECKING:
+
+        def data_received(self, data: bytes) -> None: ...
+        def _apply_mode(self) -> None: ...
+        def _stop_mirroring(self, refeed: bool = True) -> bool: ...
+        def _bind_store(self, store: Store) -> None: ...
+        def _startup_params(self) -> dict[str, str]: ...
+
+    def _init_switch(self) -> None:
+        self.switching = False
+        self._switch_buf: list[bytes] = []  # the client's bytes while the session moves
+        self._switch_retry_at = 0.0
+        self._state_known = False  # the session's state was just replayed: no learn()
+
+    def quiet_for_switch(self) -> bool:
+        """Holds no transaction open and no request in flight on its store."""
+        if self.switching or self.phase != READY:
+            return True
+        lockstep = self.lockstep
+        return (
+            self.status == _IDLE
+            and not self.outstanding
+            and (lockstep is None or (not lockstep.state and not lockstep.held))
+        )
+
+    def _switch_authority(self, mode: Mode) -> None:
+        if self.switching or perf_counter() < self._switch_retry_at:
+            return
+        lockstep = self.lockstep
+        if lockstep is not None and (lockstep.held or lockstep.filtering or lockstep.state):
+            return  # not quiet yet: the next boundary
+        if self.frames is not None and not self.frames.at_boundary:
+            return
+        self.switching = True
+        self.server.spawn(self._switch(mode))
+
+    async def _switch(self, mode: Mode) -> None:
+        target = mode.authoritative
+        timeout = self.server.settings.mirror_connect_timeout
+        started = perf_counter()
+        try:
+            why = await self.server.authority_ready(target)
+            if why == SUPERSEDED:  # the mode changed again: the next boundary decides
+                self._switched()
+                return
+            if why and self.store != target.value:
+                raise SwitchFailed(why)
+            if self.phase != READY:
+                return
+            if self.store == target.value:  # already there: it only waited for the barrier
+                self.switching = False
+                self._apply_mode()
+                self._switched()
+                return
+            settings, statements = await learn(self, timeout)
+            if self.phase != READY:
+                return
+            transport, keep, key, prelude = await open_authoritative(
+                self,
+                self.server.dsn_of(target),
+                self._startup_params(),
+                settings,
+                statements,
+                self.server.manager_for(mode),
+                timeout,
+            )
+        except (SwitchFailed, MirrorUnavailable, ProtocolError, OSError, TimeoutError) as exc:
+            metrics.AUTHORITY_SWITCHES.labels(target.value, "failed").inc()
+            self.log.warning(
+                "session %d: stays on the %s store for now: %s", self.id, self.store, exc
+            )
+            self._switch_retry_at = perf_counter() + 5.0
+            self._switched()
+            return
+        if self.phase != READY:
+            transport.close()
+            return
+        old = self.upstream
+        proto = UpstreamProtocol(cast("ClientSession", self))
+        proto.keep = keep
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        self.upstream = proto
+        if old is not None:
+            old.detach()
+        self.old_key = key
+        self._bind_store(target)
+        # The mirror now runs the other way: stop, then start as the mode says.
+        if self.recorder.mirroring:
+            self._stop_mirroring(refeed=False)
+        self.recorder.prelude[:] = prelude
+        self._state_known = True
+        self._apply_mode()
+        self._state_known = False
+        self.recorder.replan()
+        metrics.AUTHORITY_SWITCHES.labels(target.value, "moved").inc()
+        metrics.AUTHORITY_SWITCH_SECONDS.observe(perf_counter() - started)
+        self._switched()
+
+    def _switched(self) -> None:
+        """Let the client's requests that waited for the move go on."""
+        self.switching = False
+        rest, self._switch_buf = self._switch_buf, []
+        if rest and self.phase == READY:
+            self.data_received(b"".join(rest))
