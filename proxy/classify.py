@@ -482,11 +482,14 @@ def shape_fingerprint(sql: str) -> str:
     tells apart (one of them unparseable) may share a fingerprint."""
     found = _fingerprints.data.get(sql)
     if found is None:
-        shape = "\0" + _LEXEME.sub(_blank_literals, sql)  # never a statement's own text
+        blanked = _LEXEME.sub(_blank_literals, sql)
+        shape = "\0" + blanked  # never a statement's own text
         found = _fingerprints.data.get(shape)
         if found is None:
             found = _fingerprint_text(sql)
             _fingerprints.put(shape, found)
+        if blanked == sql:  # no literals (a prepared statement): found by its text next time
+            _fingerprints.put(sql, found)
     return found
 
 

@@ -131,10 +131,9 @@ class AnswerFilter:
             return
         s = self.s
         if c.request.error is not None or c.request.skipped:
-            self.shadow.reader.abandon()
-            self.shadow.busy = False
+            self.shadow.drop()
             return
-        s.server.spawn(self.shadow.run(sr, tuple(s.recorder.prelude)))
+        self.shadow.start(sr, tuple(s.recorder.prelude))
 
     def _relay(self, t: int, raw: bytes, head: Request, out: list[bytes]) -> None:
         """One answer to ``head``: relayed, rewritten or hidden."""

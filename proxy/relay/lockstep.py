@@ -250,8 +250,10 @@ class LockStep(AnswerFilter):
         """Maybe shadow this autocommit read (see shadow.py)."""
         s = self.s
         reader = s.server.shadow_readers.get(id(s.manager))
+        if reader is None or not reader.roll():
+            return
         req = s.tracker.tail
-        if reader is None or req is None or s.mirror is None:
+        if req is None or s.mirror is None:
             return
         if self.shadow is not None and self.shadow.busy:
             return  # one at a time per session

@@ -159,22 +159,20 @@ class ReadRoute:
         except (MirrorUnavailable, ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
             # Answers may have reached the client already: the session cannot go on.
             if sr is not None and self.shadow is not None:
-                self.shadow.reader.abandon()
-                self.shadow.busy = False
+                self.shadow.drop()
             self.close()
             raise MirrorUnavailable(f"read store connection lost mid-answer: {exc}") from exc
         if sr is not None and self.shadow is not None:
             if sr.digest.error:  # the client got an error: nothing to compare
-                self.shadow.reader.abandon()
-                self.shadow.busy = False
+                self.shadow.drop()
             else:
-                self.s.server.spawn(self.shadow.run(sr, tuple(self.s.recorder.prelude)))
+                self.shadow.start(sr, tuple(self.s.recorder.prelude))
         return True
 
     def _sample(self, batch: list[Any]) -> ShadowRead | None:
         """Maybe shadow this read on the old store (read-new: "on old, compared")."""
         reader = self.s.server.shadow_readers.get(id(self.s.server.reverse_manager))
-        if reader is None or (self.shadow is not None and self.shadow.busy):
+        if reader is None or not reader.roll() or (self.shadow is not None and self.shadow.busy):
             return None
         executes = [e for e in batch if type(e) is ev.Execute]
         if type(batch[0]) is ev.Query:

@@ -24,6 +24,7 @@ import logging
 import random
 import re
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -197,11 +198,15 @@ class ShadowReader:
         # Every mirror of the process (set by the server): re-checks wait for them.
         self.managers: list[MirrorManager] = [manager]
 
+    def roll(self) -> bool:
+        """Whether the next read is sampled: asked first, so the other nine in ten
+        reads cost one random number (the draw is independent of the statement)."""
+        return self.fraction > 0 and self._random.random() < self.fraction
+
     def sample(
         self, sql: str, parse_body: bytes | None, bind_body: bytes | None
     ) -> ShadowRead | None:
-        if self.fraction <= 0 or self._random.random() >= self.fraction:
-            return None
+        """A sampled read (``roll`` said yes), unless too many are in flight."""
         if self.inflight >= self.max_inflight:
             self._count("shed")
             return None
@@ -216,28 +221,27 @@ class ShadowReader:
     def abandon(self) -> None:
         self.inflight -= 1
 
-    async def compare(
-        self, sr: ShadowRead, conn: MirrorConnection, prelude: tuple[str, ...], session: int
+    def answered(self, sr: ShadowRead, theirs: Digest, ours: float, other: float) -> bool:
+        """The other store's answer is in (``ours`` and ``other``: both stores'
+        latencies): True if the two agree, the common case, decided here without a
+        task; otherwise the caller re-checks (``recheck``)."""
+        self.parity.record(shape_fingerprint(sr.sql), ours, other, self.stores)
+        if sr.digest.same(theirs):
+            self._count("match")
+            return True
+        return False
+
+    async def recheck(
+        self, sr: ShadowRead, shadow: SessionShadow, prelude: tuple[str, ...]
     ) -> None:
-        """Background: run ``sr`` on the other store and compare (releases the slot)."""
-        elapsed = perf_counter() - sr.started
+        """Background: a difference, asked again of both stores (releases the slot)."""
         try:
-            await conn.run_prelude(prelude)
-            started = perf_counter()
-            theirs = await run_read(conn, sr)
-            other = perf_counter() - started
-            fp = shape_fingerprint(sr.sql)
-            self.parity.record(fp, elapsed, other, self.stores)
-            if sr.digest.same(theirs):
-                self._count("match")
-                return
             # A write may have landed between the two reads: once the mirrors have
             # applied what is committed, ask both stores again, at the same time.
-            again_ours = again_theirs = theirs
             for _ in range(_RECHECKS):
                 await self._settle()
                 again_ours, again_theirs = await asyncio.gather(
-                    self._on_read_store(sr, prelude), run_read(conn, sr)
+                    self._on_read_store(sr, prelude), shadow.read(sr)
                 )
                 if again_ours.same(again_theirs):
                     self._count("transient")
@@ -251,8 +255,8 @@ class ShadowReader:
             self._count("mismatch")
             self.divergences.record(
                 "read",
-                session=session,
-                fingerprint=fp,
+                session=shadow.session,
+                fingerprint=shape_fingerprint(sr.sql),
                 read_store=again_ours.summary(),
                 shadow_store=again_theirs.summary(),
                 error=again_theirs.error or None,
@@ -265,10 +269,10 @@ class ShadowReader:
             asyncio.IncompleteReadError,
         ) as exc:
             self._count("error")
-            conn.close()
-            log.info("shadow read on session %d failed: %s", session, exc)
+            shadow.close_link()
+            log.info("shadow read on session %d failed: %s", shadow.session, exc)
         finally:
-            self.inflight -= 1
+            shadow.release()
 
     async def _settle(self) -> None:
         """Until every mirror has applied the units committed so far (bounded)."""
@@ -291,6 +295,65 @@ class ShadowReader:
             conn.close()
 
 
+class _Link(asyncio.Protocol):
+    """An open shadow connection: each answer is digested as its bytes arrive and
+    handed to a callback at its ReadyForQuery -- no task, no stream per read."""
+
+    def __init__(self, keep: object) -> None:
+        self.keep = keep  # the stream writer the socket came from (must stay alive)
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.digest: Digest | None = None
+        self.done: Callable[[Digest | None], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, digest: Digest, done: Callable[[Digest | None], None]) -> None:
+        assert self.transport is not None and self.done is None
+        self.digest, self.done = digest, done
+        self.timer = asyncio.get_running_loop().call_later(_TIMEOUT, self.close)
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            msgs, self.buf = split_messages(self.buf + data)
+        except ProtocolError:
+            self.close()
+            return
+        for t, raw in msgs:
+            digest = self.digest
+            if digest is None:  # nothing asked: the connection is out of step
+                self.close()
+                return
+            if t == 0x5A:
+                self._finish(digest)
+            else:
+                digest.take(t, raw[5:])
+
+    def _finish(self, result: Digest | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        done, self.done, self.digest = self.done, None, None
+        if done is not None:
+            done(result)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._finish(None)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(m.TERMINATE)
+            self.transport.close()  # connection_lost follows: a read in flight ends (None)
+
+
 class SessionShadow:
     """One session's connection to the shadow store; one shadow read at a time."""
 
@@ -298,50 +361,128 @@ class SessionShadow:
         self.reader = reader
         self.params = params
         self.session = session
-        self.conn: MirrorConnection | None = None
+        self.link: _Link | None = None
+        self.prelude: tuple[str, ...] = ()  # the session settings the link carries
         self.busy = False
         self.closing = False  # the session ended: close once the read in flight is done
+        self._current: tuple[ShadowRead, float, tuple[str, ...]] | None = None
 
-    async def run(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
+    def start(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
+        """The sampled read completed on the store that answered the client: run it
+        on the other one (the slot taken by ``sample`` is released at the end)."""
+        link = self.link
+        if link is not None and link.usable and prelude == self.prelude:
+            self._send(link, sr, prelude)
+        else:  # (re)open with the session's current settings
+            _spawn(self._open_and_send(sr, prelude))
+
+    def drop(self) -> None:
+        """The sampled read failed on its own store: nothing to compare."""
+        self.reader.abandon()
+        self.busy = False
+
+    async def _open_and_send(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
+        self.close_link()
+        conn = self.reader.manager.connection(self.params)
         try:
-            if self.conn is None or not self.conn.connected:
-                self.conn = self.reader.manager.connection(self.params)
-                try:
-                    await self.conn.connect()
-                except MirrorUnavailable as exc:
-                    self.conn = None
-                    self.reader.abandon()
-                    self.reader._count("error")
-                    log.info("shadow read on session %d: %s", self.session, exc)
-                    return
-            await self.reader.compare(sr, self.conn, prelude, self.session)
-        finally:
-            self.busy = False
-            if self.closing:
-                self.close()
+            await conn.connect()
+            await conn.run_prelude(prelude)
+            transport, keep = conn.detach()
+        except (MirrorUnavailable, ProtocolError, OSError, TimeoutError) as exc:
+            conn.close()
+            self.reader._count("error")
+            log.info("shadow read on session %d: %s", self.session, exc)
+            self.release()
+            return
+        link = _Link(keep)
+        transport.set_protocol(link)
+        link.connection_made(transport)
+        self.link, self.prelude = link, prelude
+        self._send(link, sr, prelude)  # also when the session has ended meanwhile
+
+    def _send(self, link: _Link, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
+        self._current = (sr, perf_counter(), prelude)
+        link.send(request_of(sr), Digest(sr.digest.ordered), self._answered)
+
+    def _answered(self, theirs: Digest | None) -> None:
+        current, self._current = self._current, None
+        if current is None:
+            return
+        sr, started, prelude = current
+        ours, other = started - sr.started, perf_counter() - started
+        if theirs is None:  # lost, timed out or out of step
+            self.reader._count("error")
+            log.info("shadow read on session %d failed: the connection was lost", self.session)
+            self.close_link()
+            self.release()
+        elif self.reader.answered(sr, theirs, ours, other):
+            self.release()
+        else:
+            _spawn(self.reader.recheck(sr, self, prelude))
+
+    def read(self, sr: ShadowRead) -> asyncio.Future[Digest]:
+        """The statement of ``sr`` once more on this session's link (re-checks)."""
+        fut: asyncio.Future[Digest] = asyncio.get_running_loop().create_future()
+        link = self.link
+        if link is None or not link.usable:
+            fut.set_exception(MirrorUnavailable("the shadow connection is closed"))
+            return fut
+
+        def done(d: Digest | None) -> None:
+            if fut.done():
+                return
+            if d is None:
+                fut.set_exception(MirrorUnavailable("the shadow connection was lost"))
+            else:
+                fut.set_result(d)
+
+        link.send(request_of(sr), Digest(sr.digest.ordered), done)
+        return fut
+
+    def release(self) -> None:
+        self.reader.inflight -= 1
+        self.busy = False
+        if self.closing:
+            self.close()
+
+    def close_link(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
 
     def close(self) -> None:
         if self.busy:
             self.closing = True
             return
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.close_link()
 
 
-async def run_read(conn: MirrorConnection, sr: ShadowRead) -> Digest:
-    """Run the statement of ``sr`` on ``conn`` and digest the answer."""
-    digest = Digest(sr.digest.ordered)
+_TASKS: set[asyncio.Task[None]] = set()  # a task must be referenced until it ends
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+def request_of(sr: ShadowRead) -> bytes:
+    """The bytes that run ``sr``'s statement: the client's own Parse and Bind, or its query."""
     if sr.parse_body is not None and sr.bind_body is not None:
-        conn.write(
+        return (
             m.parse("", sr.parse_body)
             + m.bind("", sr.bind_body)
             + m.DESCRIBE_PORTAL_UNNAMED
             + m.EXECUTE_UNNAMED_ALL
             + m.SYNC
         )
-    else:
-        conn.write(m.query(sr.sql))
+    return m.query(sr.sql)
+
+
+async def run_read(conn: MirrorConnection, sr: ShadowRead) -> Digest:
+    """Run the statement of ``sr`` on ``conn`` and digest the answer."""
+    digest = Digest(sr.digest.ordered)
+    conn.write(request_of(sr))
     async with asyncio.timeout(_TIMEOUT):  # no task per read, unlike wait_for
         return await _digest_answer(conn, digest)
 

@@ -78,3 +78,38 @@ def test_shadow_reads_match_then_catch_a_row_changed_behind_the_proxy(
     events = [e for e in proxy.divergences() if e["kind"] == "read"]
     assert len(events) == 1, proxy.divergences()
     assert "SELECT v FROM t WHERE id = $1" in events[0]["fingerprint"]
+
+
+def test_a_shadow_connection_lost_mid_read_is_an_error_outcome_and_is_reopened(
+    pg_pair: PgPair, proxy_factory: Any
+) -> None:
+    pg_pair.run_both("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    pg_pair.run_both("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 20) g")
+    proxy = proxy_factory(
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new), mode="shadow-read", shadow_read_fraction="1"
+    )
+    with psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (20,)
+        assert shadow_status(proxy, 1)["outcomes"] == {"match": 1}
+        # A slow read: once the client has its answer, the same statement runs on
+        # the new store, where its connection is terminated mid-read.
+        got = conn.execute("SELECT v, pg_sleep(1) FROM t WHERE id = 2").fetchone()
+        assert got is not None and got[0] == "row 2"
+        killed = None
+        deadline = time.monotonic() + 5
+        with pg_pair.connect("new", autocommit=True) as admin:
+            while not killed and time.monotonic() < deadline:
+                killed = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND state = 'active' "
+                    "AND query LIKE 'SELECT v, pg_sleep(1)%'"
+                ).fetchone()[0]
+        assert killed == 1
+        status = shadow_status(proxy, 2)
+        assert status["outcomes"] == {"match": 1, "error": 1}, status
+        # The client's session is unaffected; the next shadow read opens a new
+        # connection and matches.
+        assert conn.execute("SELECT v FROM t WHERE id = 4").fetchone() == ("row 4",)
+        status = shadow_status(proxy, 3)
+        assert status["outcomes"] == {"match": 2, "error": 1}, status
+    assert proxy.divergences() == []
