@@ -121,8 +121,6 @@ class AnswerFilter:
             for c in tracker.response(t, raw[5:]):
                 if special:
                     special.discard(id(c.request))
-                if self._shadows:
-                    self._shadow_done(c)
                 self.s.completed(c)
 
     def _shadow_done(self, c: Completion) -> None:
@@ -130,6 +128,8 @@ class AnswerFilter:
         if sr is None or self.shadow is None:
             return
         s = self.s
+        if not self._shadows:
+            s.scanner.digest_rows(False)
         if c.request.error is not None or c.request.skipped:
             self.shadow.drop()
             return

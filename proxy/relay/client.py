@@ -411,6 +411,10 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
                 for t, body in self.scanner.feed(data):  # mirroring: frames is None
                     if t == 0x53:  # ParameterStatus: relayed; nothing to track yet
                         continue
+                    if t == 0x44 or t == 0x54:  # a sampled read's rows (digest_rows)
+                        if self.lockstep is not None:
+                            self.lockstep.digest(t, body)
+                        continue
                     if t == 0x45:
                         self.errors.value += 1
                     for c in self.tracker.response(t, body):
@@ -435,6 +439,8 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
             assert self.lockstep is not None
             self.lockstep.internal_done(c)
             return
+        if self.lockstep is not None and self.lockstep._shadows:
+            self.lockstep._shadow_done(c)  # before the boundary it may bring
         self.recorder.complete(c)
         if c.status:
             self._ready(c.status)

@@ -271,7 +271,20 @@ class LockStep(AnswerFilter):
                 self.shadow = SessionShadow(reader, s.mirror.params, s.id)
             self.shadow.busy = True
             self._shadows[id(req)] = sr
-            self._watch(req)
+            # Only looked at, never changed: the scanner hands the rows over on the
+            # way (the filter digests them instead while it reads for another reason).
+            s.scanner.digest_rows(True)
+
+    def digest(self, t: int, body: bytes) -> None:
+        """A RowDescription or DataRow the scanner handed over: part of a sampled
+        read's answer if the request being answered is one."""
+        head = self.s.tracker.head
+        sr = self._shadows.get(id(head)) if head is not None else None
+        if sr is not None:
+            if t == 0x44:
+                sr.digest.add(body)
+            else:
+                sr.digest.describe(body)
 
     def _pinned_bind(self, e: ev.Bind) -> bytes | None:
         """Record the Bind; for a pinned statement, say the format its table

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from proxy.wire.pg import (
     BOUNDARIES,
+    OUTCOMES,
     TRACKED,
     BackendScanner,
     ProtocolError,
@@ -378,3 +379,22 @@ def test_fuzz_any_chunking_reports_the_same(messages: list[bytes], cuts: list[in
     assert whole == expected
     assert as_bytes(feed_all(BackendScanner(), _chunks(stream, cuts))) == expected
     assert split_messages(stream) == ([(m[0], m) for m in messages], b"")
+
+
+def test_digest_rows_hands_over_rows_with_their_bodies_then_stops() -> None:
+    desc = row_description("id", "v")
+    row = data_row(b"7", None)
+    stream = PARSE_COMPLETE + desc + row + msg(b"C", b"SELECT 1\0") + READY_IDLE
+    # Every split: the row's body arrives whole, once, in order with the outcomes.
+    for cut in range(len(stream) + 1):
+        s = BackendScanner(OUTCOMES)
+        s.digest_rows(True)
+        got = as_bytes(feed_all(s, [stream[:cut], stream[cut:]]))
+        assert got == [
+            (ch("T"), desc[5:]),
+            (ch("D"), b"\0\x02\0\0\0\x017\xff\xff\xff\xff"),
+            (ch("C"), b"SELECT 1\0"),
+            (ch("Z"), b"I"),
+        ], cut
+    s.digest_rows(False)
+    assert as_bytes(s.feed(desc + row + READY_IDLE)) == [(ch("Z"), b"I")]

@@ -32,12 +32,19 @@ BOUNDARIES = frozenset(b"ZCsE")
 
 
 class BackendScanner:
-    __slots__ = ("_buf", "_skip", "tracked")
+    __slots__ = ("_buf", "_skip", "tracked", "with_body")
 
     def __init__(self, tracked: frozenset[int] = _TRACKED) -> None:
         self._buf = b""
         self._skip = 0  # bytes of an untracked message still to pass over
         self.tracked = tracked  # may change between messages (mode changes)
+        self.with_body = _WITH_BODY  # tracked types whose body is handed back
+
+    def digest_rows(self, on: bool) -> None:
+        """Also hand back RowDescription and DataRow, with their bodies (a sampled
+        read's answer is digested on its way, see relay/shadow.py), or stop."""
+        self.tracked = ROWS if on else OUTCOMES
+        self.with_body = _ROWS_BODY if on else _WITH_BODY
 
     def take_state(self) -> tuple[bytes, int]:
         """Hand over (the partial message kept, the bytes of a message still to
@@ -67,7 +74,7 @@ class BackendScanner:
         if self.tracked is BOUNDARIES:
             return self._ready_only(buf, n, out)
         tracked = self.tracked
-        with_body = _WITH_BODY
+        with_body = self.with_body
         int32 = _int32
         while n - pos >= 5:
             t = buf[pos]
@@ -131,6 +138,9 @@ TRACKED = _TRACKED
 # with their answers (mirroring): the acknowledgements of Parse, Bind, Describe
 # and Close carry nothing the mirror needs, so they are skipped like DataRows.
 OUTCOMES = frozenset(b"ZCEISsGHWc")
+# OUTCOMES and the rows of a result, for a read whose answer is digested.
+ROWS = OUTCOMES | frozenset(b"DT")
+_ROWS_BODY = _WITH_BODY | frozenset(b"DT")
 
 
 def split_messages(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
