@@ -5,14 +5,16 @@ samples its autocommit reads (SHADOW_SHADOW_READ_FRACTION).  The answers to a
 sampled read are looked at on their way to the client, never changed or
 delayed: column names and types from RowDescription, the row count, and a
 digest of the DataRows (a sum of row hashes, order-insensitive, or a chained
-hash when the statement sorts).  Once the read completes, a background task
-runs the same statement -- same text, same parameter and result formats -- on
-the other store through the session's own shadow connection (the mirror
-store's credentials, the session's settings) and digests its answer the same
-way.  A difference is checked once more on both stores (a write may have
-landed between the two reads); one that persists is a ``read`` divergence with
-the statement's fingerprint.  Both stores' latencies are recorded per
-fingerprint: the performance parity table of /status and the
+hash when the statement sorts); the relay's scanner hands those rows over
+without leaving its fast path.  Once the read completes, the same statement --
+same text, same parameter and result formats -- goes to the other store on
+the session's own shadow connection (the mirror store's credentials, the
+session's settings), a Protocol that digests the answer the same way as its
+bytes arrive and compares at ReadyForQuery, in a callback: no task or stream
+per read.  A difference is checked again on both stores by a background task
+(a write may have landed between the two reads); one that persists is a
+``read`` divergence with the statement's fingerprint.  Both stores' latencies
+are recorded per fingerprint: the performance parity table of /status and the
 ``shadowproxy_shadow_read_latency_seconds`` histogram.  When too many shadow
 reads are in flight, new samples are shed and counted.
 """
