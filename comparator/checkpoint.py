@@ -25,6 +25,7 @@ import orjson
 from comparator.codec import decode_key, encode_key
 from comparator.dsn import StoreDsn
 from comparator.sources.base import Key
+from comparator.sources.postgres import pg_pool
 
 PlanFn = Callable[[], Awaitable[list[Key]]]
 Outcome = dict[str, Any]  # a segment outcome as JSON (see run.outcome_to_json)
@@ -192,16 +193,7 @@ class ControlStore(SegmentStore):
 
     async def open(self, fingerprint: dict[str, Any]) -> None:
         self.fingerprint = fingerprint
-        d = self.dsn
-        self.pool = await asyncpg.create_pool(
-            host=d.host,
-            port=d.port,
-            user=d.user,
-            password=d.password,
-            database=d.database,
-            min_size=1,
-            max_size=self.pool_size,
-        )
+        self.pool = await pg_pool(self.dsn, self.pool_size)
         async with self.pool.acquire() as conn:
             await ensure_control_schema(conn)
 

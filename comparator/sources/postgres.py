@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 
+from comparator.dsn import StoreDsn
 from comparator.normalize import Column
 from comparator.sources.base import (
     Checksum,
@@ -62,21 +63,27 @@ ORDER BY i.indisprimary DESC, count(*), i.indexrelid
 """
 
 
+async def pg_pool(
+    d: StoreDsn, size: int, server_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
+    """A pool of up to ``size`` connections to the store of ``d``."""
+    return await asyncpg.create_pool(
+        host=d.host,
+        port=d.port,
+        user=d.user,
+        password=d.password,
+        database=d.database,
+        min_size=1,
+        max_size=size,
+        server_settings=server_settings,
+    )
+
+
 class PostgresSource(Source):
     pool: asyncpg.Pool
 
     async def open(self) -> None:
-        d = self.dsn
-        self.pool = await asyncpg.create_pool(
-            host=d.host,
-            port=d.port,
-            user=d.user,
-            password=d.password,
-            database=d.database,
-            min_size=1,
-            max_size=self.pool_size,
-            server_settings=_SERVER_SETTINGS,
-        )
+        self.pool = await pg_pool(self.dsn, self.pool_size, _SERVER_SETTINGS)
 
     async def close(self) -> None:
         await self.pool.close()
