@@ -40,7 +40,7 @@ from proxy.mirror.connection import ItemResult, MirrorConnection, MirrorUnavaila
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.journal import Journal
 from proxy.mirror.pinning import CATALOG_SQL, Pinner, build_catalog
-from proxy.mirror.sequences import Endpoint, connect_endpoint, sync_sequences
+from proxy.mirror.sequences import Endpoint, SequenceSync, connect_endpoint
 from proxy.mirror.unit import Unit
 from proxy.settings import Settings
 
@@ -198,19 +198,24 @@ class MirrorManager:
     async def _sequence_loop(self) -> None:
         c = self.config
         assert c.source is not None
-        while True:
-            if self.parked:  # new-only: the old store may be gone
+        sync = SequenceSync(c.source, self.endpoint, c.apply_timeout)
+        try:
+            while True:
+                if self.parked:  # new-only: the old store may be gone
+                    sync.close()
+                    await asyncio.sleep(c.sequence_sync_interval)
+                    continue
+                try:
+                    n = await sync.run()
+                    metrics.SEQUENCES_ADVANCED.inc(n)
+                    self.sequences_synced_at = time.time()
+                    self.sequences_error = ""
+                except Exception as exc:  # a background task: logged, shown in /status, retried
+                    self.sequences_error = str(exc)
+                    log.warning("mirror: sequence sync failed: %s", exc)
                 await asyncio.sleep(c.sequence_sync_interval)
-                continue
-            try:
-                n = await sync_sequences(c.source, self.endpoint, c.apply_timeout)
-                metrics.SEQUENCES_ADVANCED.inc(n)
-                self.sequences_synced_at = time.time()
-                self.sequences_error = ""
-            except Exception as exc:  # a background task: logged, shown in /status, retried
-                self.sequences_error = str(exc)
-                log.warning("mirror: sequence sync failed: %s", exc)
-            await asyncio.sleep(c.sequence_sync_interval)
+        finally:
+            sync.close()
 
     # -- catalog (value pinning) --------------------------------------------------------
 

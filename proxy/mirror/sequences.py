@@ -16,6 +16,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# How the sync's two long-lived connections show in pg_stat_activity.
+APPLICATION_NAME = "shadowproxy-sequences"
+
 _READ = """
 SELECT schemaname, sequencename, last_value
 FROM pg_sequences
@@ -43,8 +46,11 @@ class Endpoint:
     database: str
 
 
-async def connect_endpoint(end: Endpoint, timeout: float) -> Any:
-    """An asyncpg connection with the proxy's own credentials for ``end``."""
+async def connect_endpoint(
+    end: Endpoint, timeout: float, application_name: str = "shadowproxy"
+) -> Any:
+    """An asyncpg connection with the proxy's own credentials for ``end``
+    (``application_name`` says what it is for in pg_stat_activity)."""
     import asyncpg
 
     return await asyncpg.connect(
@@ -54,33 +60,61 @@ async def connect_endpoint(end: Endpoint, timeout: float) -> Any:
         password=end.password,
         database=end.database,
         timeout=timeout,
+        server_settings={"application_name": application_name},
     )
+
+
+class SequenceSync:
+    """Advances ``target``'s sequences to ``source``'s values, on one connection to
+    each store kept between runs (a run every couple of seconds would otherwise
+    start two server processes each time, on every proxy instance); a failed run
+    closes them and the next one reconnects."""
+
+    def __init__(self, source: Endpoint, target: Endpoint, timeout: float) -> None:
+        self.source = source
+        self.target = target
+        self.timeout = timeout
+        self._src: Any = None
+        self._dst: Any = None
+
+    async def run(self, headroom: int = 0) -> int:
+        """How many sequences moved.  ``headroom``: when writes move to ``target``,
+        sessions still on ``source`` keep drawing keys there until their next
+        transaction boundary; starting ``target``'s sequences that far ahead keeps
+        the two ranges apart."""
+        t = self.timeout
+        try:
+            if self._src is None or self._src.is_closed():
+                self._src = await connect_endpoint(self.source, t, APPLICATION_NAME)
+            wanted = await self._src.fetch(_READ, timeout=t)
+            if not wanted:
+                return 0
+            if self._dst is None or self._dst.is_closed():
+                self._dst = await connect_endpoint(self.target, t, APPLICATION_NAME)
+            moved = 0
+            for schema, name, value in wanted:
+                row = await self._dst.fetchrow(_ADVANCE, schema, name, value, headroom, timeout=t)
+                moved += row is not None
+        except BaseException:
+            self.close()
+            raise
+        if moved:
+            log.info("mirror: advanced %d sequences on the mirror store", moved)
+        return moved
+
+    def close(self) -> None:
+        for conn in (self._src, self._dst):
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+        self._src = self._dst = None
 
 
 async def sync_sequences(
     source: Endpoint, target: Endpoint, timeout: float, headroom: int = 0
 ) -> int:
-    """Advance ``target``'s sequences to ``source``'s values; return how many moved.
-
-    ``headroom``: when writes move to ``target``, sessions still on ``source``
-    keep drawing keys there until their next transaction boundary; starting
-    ``target``'s sequences that far ahead keeps the two ranges apart.
-    """
-    src = await connect_endpoint(source, timeout)
+    """One run of ``SequenceSync`` on connections of its own."""
+    sync = SequenceSync(source, target, timeout)
     try:
-        wanted = await src.fetch(_READ, timeout=timeout)
+        return await sync.run(headroom)
     finally:
-        await src.close()
-    if not wanted:
-        return 0
-    dst = await connect_endpoint(target, timeout)
-    moved = 0
-    try:
-        for schema, name, value in wanted:
-            row = await dst.fetchrow(_ADVANCE, schema, name, value, headroom, timeout=timeout)
-            moved += row is not None
-    finally:
-        await dst.close()
-    if moved:
-        log.info("mirror: advanced %d sequences on the mirror store", moved)
-    return moved
+        sync.close()

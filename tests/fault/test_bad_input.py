@@ -284,7 +284,8 @@ def test_malformed_clients_beside_a_healthy_session(pg_pair: PgPair, proxy_facto
         while True:
             row = c.execute(
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name <> 'shadowproxy-sequences'"  # the proxy's own
             ).fetchone()
             if row == (0,) or time.monotonic() > deadline:
                 break
