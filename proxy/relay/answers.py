@@ -76,7 +76,7 @@ class AnswerFilter:
     s: ClientSession
     state: int
     shadow: SessionShadow | None
-    _shadows: dict[int, ShadowRead]
+    shadows: dict[int, ShadowRead]
     _wrapped: Request | None
 
     def upstream(self, data: bytes) -> None:
@@ -123,12 +123,12 @@ class AnswerFilter:
                     special.discard(id(c.request))
                 self.s.completed(c)
 
-    def _shadow_done(self, c: Completion) -> None:
-        sr = self._shadows.pop(id(c.request), None)
+    def shadow_done(self, c: Completion) -> None:
+        sr = self.shadows.pop(id(c.request), None)
         if sr is None or self.shadow is None:
             return
         s = self.s
-        if not self._shadows:
+        if not self.shadows:
             s.scanner.digest_rows(False)
         if c.request.error is not None or c.request.skipped:
             self.shadow.drop()
@@ -137,8 +137,8 @@ class AnswerFilter:
 
     def _relay(self, t: int, raw: bytes, head: Request, out: list[bytes]) -> None:
         """One answer to ``head``: relayed, rewritten or hidden."""
-        if self._shadows:
-            sr = self._shadows.get(id(head))
+        if self.shadows:
+            sr = self.shadows.get(id(head))
             if sr is not None:  # looked at, relayed as it is
                 if t == 0x44:
                     sr.digest.add(raw[5:])

@@ -439,8 +439,8 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
             assert self.lockstep is not None
             self.lockstep.internal_done(c)
             return
-        if self.lockstep is not None and self.lockstep._shadows:
-            self.lockstep._shadow_done(c)  # before the boundary it may bring
+        if self.lockstep is not None and self.lockstep.shadows:
+            self.lockstep.shadow_done(c)  # before the boundary it may bring
         self.recorder.complete(c)
         if c.status:
             self._ready(c.status)

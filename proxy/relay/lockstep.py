@@ -139,7 +139,7 @@ class LockStep(AnswerFilter):
         "timeout",
         "sync",
         "_asked",
-        "_shadows",
+        "shadows",
         "shadow",
         "route",
         "_arrived",
@@ -171,7 +171,7 @@ class LockStep(AnswerFilter):
         self._raw_skip = 0  # bytes of a message already partly relayed, to pass on as is
         self._asked: dict[str, int] = {}  # table -> catalog version a refresh was asked at
         self._learned: list[list[bytes | None]] = []
-        self._shadows: dict[int, ShadowRead] = {}  # id(request) -> its shadow read
+        self.shadows: dict[int, ShadowRead] = {}  # id(request) -> its shadow read
         self.shadow: SessionShadow | None = None
         self.route: ReadRoute | None = None  # read-new: reads on the read store (reads.py)
         self._arrived = 0.0  # when the oldest request not yet forwarded arrived
@@ -270,7 +270,7 @@ class LockStep(AnswerFilter):
             if self.shadow is None:
                 self.shadow = SessionShadow(reader, s.mirror.params, s.id)
             self.shadow.busy = True
-            self._shadows[id(req)] = sr
+            self.shadows[id(req)] = sr
             # Only looked at, never changed: the scanner hands the rows over on the
             # way (the filter digests them instead while it reads for another reason).
             s.scanner.digest_rows(True)
@@ -279,7 +279,7 @@ class LockStep(AnswerFilter):
         """A RowDescription or DataRow the scanner handed over: part of a sampled
         read's answer if the request being answered is one."""
         head = self.s.tracker.head
-        sr = self._shadows.get(id(head)) if head is not None else None
+        sr = self.shadows.get(id(head)) if head is not None else None
         if sr is not None:
             if t == 0x44:
                 sr.digest.add(body)

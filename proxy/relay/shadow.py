@@ -210,13 +210,13 @@ class ShadowReader:
     ) -> ShadowRead | None:
         """A sampled read (``roll`` said yes), unless too many are in flight."""
         if self.inflight >= self.max_inflight:
-            self._count("shed")
+            self.count("shed")
             return None
         self.inflight += 1
         ordered = bool(_ORDER_BY.search(sql))
         return ShadowRead(sql, parse_body, bind_body, Digest(ordered), seq=ACTIVITY.seq)
 
-    def _count(self, outcome: str) -> None:
+    def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         metrics.SHADOW_READS.labels(outcome).inc()
 
@@ -229,7 +229,7 @@ class ShadowReader:
         task; otherwise the caller re-checks (``recheck``)."""
         self.parity.record(shape_fingerprint(sr.sql), ours, other, self.stores)
         if sr.digest.same(theirs):
-            self._count("match")
+            self.count("match")
             return True
         return False
 
@@ -246,15 +246,15 @@ class ShadowReader:
                     self._on_read_store(sr, prelude), shadow.read(sr)
                 )
                 if again_ours.same(again_theirs):
-                    self._count("transient")
+                    self.count("transient")
                     return
             tables = relations_of(sr.sql)
             if not tables or ACTIVITY.written_since(sr.seq, tables):
                 # The proxy wrote those tables meanwhile (or cannot tell which tables
                 # the statement reads): the stores may only be a commit apart.
-                self._count("inconclusive")
+                self.count("inconclusive")
                 return
-            self._count("mismatch")
+            self.count("mismatch")
             self.divergences.record(
                 "read",
                 session=shadow.session,
@@ -270,7 +270,7 @@ class ShadowReader:
             ProtocolError,
             asyncio.IncompleteReadError,
         ) as exc:
-            self._count("error")
+            self.count("error")
             shadow.close_link()
             log.info("shadow read on session %d failed: %s", shadow.session, exc)
         finally:
@@ -287,14 +287,11 @@ class ShadowReader:
     async def _on_read_store(self, sr: ShadowRead, prelude: tuple[str, ...]) -> Digest:
         end = self.read_store
         conn = MirrorConnection(end.host, end.port, end.user, end.password, end.database)
+        link = await _Link.open(conn, prelude)
         try:
-            await conn.connect()
-            await conn.run_prelude(prelude)
-            return await run_read(
-                conn, ShadowRead(sr.sql, sr.parse_body, sr.bind_body, Digest(sr.digest.ordered))
-            )
+            return await link.ask(sr)
         finally:
-            conn.close()
+            link.close()
 
 
 class _Link(asyncio.Protocol):
@@ -309,9 +306,43 @@ class _Link(asyncio.Protocol):
         self.done: Callable[[Digest | None], None] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
+    @classmethod
+    async def open(cls, conn: MirrorConnection, prelude: tuple[str, ...]) -> _Link:
+        """Connect ``conn``, apply the session's settings, take its socket over."""
+        try:
+            await conn.connect()
+            await conn.run_prelude(prelude)
+            transport, keep = conn.detach()
+        except BaseException:
+            conn.close()
+            raise
+        link = cls(keep)
+        transport.set_protocol(link)
+        link.connection_made(transport)
+        return link
+
     @property
     def usable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
+
+    def ask(self, sr: ShadowRead) -> asyncio.Future[Digest]:
+        """``sr``'s statement once more, as a future (re-checks); fails with
+        MirrorUnavailable if the connection is lost or times out."""
+        fut: asyncio.Future[Digest] = asyncio.get_running_loop().create_future()
+        if not self.usable:
+            fut.set_exception(MirrorUnavailable("the shadow connection is closed"))
+            return fut
+
+        def done(d: Digest | None) -> None:
+            if fut.done():
+                return
+            if d is None:
+                fut.set_exception(MirrorUnavailable("the shadow connection was lost"))
+            else:
+                fut.set_result(d)
+
+        self.send(request_of(sr), Digest(sr.digest.ordered), done)
+        return fut
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -385,20 +416,13 @@ class SessionShadow:
 
     async def _open_and_send(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
         self.close_link()
-        conn = self.reader.manager.connection(self.params)
         try:
-            await conn.connect()
-            await conn.run_prelude(prelude)
-            transport, keep = conn.detach()
+            link = await _Link.open(self.reader.manager.connection(self.params), prelude)
         except (MirrorUnavailable, ProtocolError, OSError, TimeoutError) as exc:
-            conn.close()
-            self.reader._count("error")
+            self.reader.count("error")
             log.info("shadow read on session %d: %s", self.session, exc)
             self.release()
             return
-        link = _Link(keep)
-        transport.set_protocol(link)
-        link.connection_made(transport)
         self.link, self.prelude = link, prelude
         self._send(link, sr, prelude)  # also when the session has ended meanwhile
 
@@ -413,7 +437,7 @@ class SessionShadow:
         sr, started, prelude = current
         ours, other = started - sr.started, perf_counter() - started
         if theirs is None:  # lost, timed out or out of step
-            self.reader._count("error")
+            self.reader.count("error")
             log.info("shadow read on session %d failed: the connection was lost", self.session)
             self.close_link()
             self.release()
@@ -424,22 +448,12 @@ class SessionShadow:
 
     def read(self, sr: ShadowRead) -> asyncio.Future[Digest]:
         """The statement of ``sr`` once more on this session's link (re-checks)."""
-        fut: asyncio.Future[Digest] = asyncio.get_running_loop().create_future()
         link = self.link
-        if link is None or not link.usable:
+        if link is None:
+            fut: asyncio.Future[Digest] = asyncio.get_running_loop().create_future()
             fut.set_exception(MirrorUnavailable("the shadow connection is closed"))
             return fut
-
-        def done(d: Digest | None) -> None:
-            if fut.done():
-                return
-            if d is None:
-                fut.set_exception(MirrorUnavailable("the shadow connection was lost"))
-            else:
-                fut.set_result(d)
-
-        link.send(request_of(sr), Digest(sr.digest.ordered), done)
-        return fut
+        return link.ask(sr)
 
     def release(self) -> None:
         self.reader.inflight -= 1
@@ -479,26 +493,3 @@ def request_of(sr: ShadowRead) -> bytes:
             + m.SYNC
         )
     return m.query(sr.sql)
-
-
-async def run_read(conn: MirrorConnection, sr: ShadowRead) -> Digest:
-    """Run the statement of ``sr`` on ``conn`` and digest the answer."""
-    digest = Digest(sr.digest.ordered)
-    conn.write(request_of(sr))
-    async with asyncio.timeout(_TIMEOUT):  # no task per read, unlike wait_for
-        return await _digest_answer(conn, digest)
-
-
-async def _digest_answer(conn: MirrorConnection, digest: Digest) -> Digest:
-    """Read whole chunks (one await for a small answer, not two per message)."""
-    reader = conn.reader
-    pending = b""
-    while True:
-        chunk = await reader.read(65536)
-        if not chunk:
-            raise ProtocolError("the store closed the connection")
-        msgs, pending = split_messages(pending + chunk)
-        for t, raw in msgs:
-            if t == 0x5A:  # nothing follows a ReadyForQuery until the next request
-                return digest
-            digest.take(t, raw[5:])
