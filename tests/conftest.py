@@ -38,6 +38,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test a compiled hot path older than its sources (setup.py): the
+    compiled modules shadow the .py files, so an edit would otherwise go untested."""
+    compiled = list(ROOT.glob("proxy/**/*.so"))
+    if not compiled:
+        return  # plain Python (SHADOWPROXY_PURE=1 or never compiled)
+    stamp = Path(sys.executable).parent.parent / ".compiled"
+    built = stamp.stat().st_mtime if stamp.exists() else 0.0
+    stale = sorted(
+        str(py.relative_to(ROOT))
+        for py in (so.with_name(so.name.split(".", 1)[0] + ".py") for so in compiled)
+        if py.exists() and py.stat().st_mtime > built
+    )
+    if stale:
+        pytest.exit(f"compiled modules older than {', '.join(stale)}: run `make compile`", 2)
+
+
 def pg_dsn(db: str, port: int = PG_PORT, host: str = PG_HOST, user: str = PG_USER) -> str:
     return f"postgresql://{user}@{host}:{port}/{db}"
 

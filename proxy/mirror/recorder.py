@@ -273,7 +273,7 @@ class Recorder:
 
     def complete(self, c: Completion) -> None:
         req = c.request
-        token: Token = req.token
+        token: Any = req.token  # also the proxy's own requests (PinDescribe...)
         if req.kind in (Q, E) and token is not None:
             item, kind = token[0], token[1]
             limit = token[2] if len(token) == 3 else 0

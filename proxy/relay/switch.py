@@ -213,13 +213,22 @@ class SwitchMixin:
     recorder: Recorder
     startup: ev.StartupMessage | None
 
-    if TYPE_CHECKING:
+    # ClientSession's own, called here (real methods, not annotations: the compiled
+    # class needs them to exist).
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
 
-        def data_received(self, data: bytes) -> None: ...
-        def _apply_mode(self) -> None: ...
-        def _stop_mirroring(self, refeed: bool = True) -> bool: ...
-        def _bind_store(self, store: Store) -> None: ...
-        def _startup_params(self) -> dict[str, str]: ...
+    def _apply_mode(self) -> None:
+        raise NotImplementedError
+
+    def _stop_mirroring(self, refeed: bool = True) -> bool:
+        raise NotImplementedError
+
+    def _bind_store(self, store: Store) -> None:
+        raise NotImplementedError
+
+    def _startup_params(self) -> dict[str, str]:
+        raise NotImplementedError
 
     def _init_switch(self) -> None:
         self.switching = False
