@@ -2,7 +2,9 @@
 
 Events are NamedTuples: immutable like frozen dataclasses, but built by
 ``tuple.__new__`` -- several times cheaper on the relay's hot path, where a
-client sends five of them per pgbench transaction.  Every event keeps ``raw``: the exact bytes of the message as the client sent
+client sends five of them per pgbench statement.  The parser calls
+``tuple.__new__`` itself: compiled (setup.py), it would otherwise call back
+into the interpreter for the NamedTuple's own ``__new__``.  Every event keeps ``raw``: the exact bytes of the message as the client sent
 them, so the relay forwards them untouched.  Only the fields the proxy needs
 are decoded; SQL text is decoded with ``surrogateescape`` so it round-trips to
 the original bytes whatever the client encoding.

@@ -12,6 +12,7 @@ error the stream has no reliable message boundary left.
 from __future__ import annotations
 
 from struct import Struct, unpack_from
+from typing import Any
 
 from proxy.wire.pg import _events as ev
 from proxy.wire.pg._errors import ProtocolError
@@ -22,6 +23,10 @@ GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 _MAX_STARTUP = 10_000  # the server's own bound on a startup packet
 _int32 = Struct("!i").unpack_from
+# An event is built with tuple.__new__ directly: a NamedTuple's own __new__ is
+# Python code, a call back into the interpreter for every message when this
+# module is compiled (setup.py).
+_new: Any = tuple.__new__
 
 
 def _cstr(buf: bytes, pos: int) -> tuple[str, int]:
@@ -65,37 +70,42 @@ def _typed(t: int, raw: bytes) -> ev.FrontendEvent:
         end2 = raw.find(b"\0", end + 1) if end >= 0 else -1
         if end2 < 0:
             raise ProtocolError("unterminated string in message")
-        return ev.Bind(
-            raw,
-            raw[5:end].decode("utf-8", "surrogateescape"),
-            raw[end + 1 : end2].decode("utf-8", "surrogateescape"),
-            raw[end2 + 1 :],
+        return _new(
+            ev.Bind,
+            (
+                raw,
+                raw[5:end].decode("utf-8", "surrogateescape"),
+                raw[end + 1 : end2].decode("utf-8", "surrogateescape"),
+                raw[end2 + 1 :],
+            ),
         )
     if t == 0x45:  # 'E'
         end = raw.find(b"\0", 5)
         if end < 0 or end + 5 != len(raw):
             raise ProtocolError("invalid Execute message")
-        return ev.Execute(
-            raw, raw[5:end].decode("utf-8", "surrogateescape"), _int32(raw, end + 1)[0]
+        return _new(
+            ev.Execute,
+            (raw, raw[5:end].decode("utf-8", "surrogateescape"), _int32(raw, end + 1)[0]),
         )
     if t == 0x53:  # 'S'
-        return ev.Sync(raw)
+        return _new(ev.Sync, (raw,))
     if t == 0x50:  # 'P'
         name, pos = _cstr(raw, 5)
         end = raw.find(b"\0", pos)
         if end < 0 or end + 3 > len(raw):
             raise ProtocolError("invalid Parse message")
-        return ev.Parse(raw, name, raw[pos:end].decode("utf-8", "surrogateescape"), raw[pos:])
+        sql = raw[pos:end].decode("utf-8", "surrogateescape")
+        return _new(ev.Parse, (raw, name, sql, raw[pos:]))
     if t == 0x44 or t == 0x43:  # 'D' Describe, 'C' Close
         if len(raw) < 7 or raw[5] not in b"SP":
             raise ProtocolError("invalid Describe/Close target")
         name, _ = _cstr(raw, 6)
         if t == 0x44:
-            return ev.Describe(raw, chr(raw[5]), name)
+            return _new(ev.Describe, (raw, chr(raw[5]), name))
         return ev.Close(raw, chr(raw[5]), name)
     if t == 0x51:  # 'Q'
         sql, _ = _cstr(raw, 5)
-        return ev.Query(raw, sql)
+        return _new(ev.Query, (raw, sql))
     if t == 0x64:  # 'd'
         return ev.CopyData(raw)
     if t == 0x63:  # 'c'
