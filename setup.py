@@ -22,6 +22,8 @@ HOT_PATH = [
     "proxy/relay/answers.py",
     "proxy/relay/client.py",
     "proxy/relay/lockstep.py",
+    "proxy/relay/reads.py",
+    "proxy/relay/shadow.py",
     "proxy/relay/switch.py",
     "proxy/mirror/connection.py",
     "proxy/mirror/pinning.py",
