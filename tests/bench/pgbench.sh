@@ -14,7 +14,8 @@
 #   5. around every dual-write write workload: copies bench_old into bench_new before
 #      the run, waits for the proxy's mirror to drain after it, then compares the two
 #      databases table by table (EQUAL / DIFFERENT);
-#   6. prints a Markdown table of medians with ratios to direct and to pgbouncer.
+#   6. prints a Markdown table of medians with ratios to direct and to pgbouncer, and
+#      the CPU the process in the middle (pgbouncer or the proxy) spent per transaction.
 #
 # Environment (defaults in brackets):
 #   SCALE [10]  DURATION [20] seconds per run  ROUNDS [2]  CLIENTS [8]  THREADS [2]
@@ -124,7 +125,7 @@ chmod 755 "$WORK"
 mkdir -p "$WORK/runs"
 RESULTS_CSV="$WORK/results.csv"
 EQUALITY_CSV="$WORK/equality.csv"
-echo "round,workload,target,port,tps,latency_ms,failed,status,log" >"$RESULTS_CSV"
+echo "round,workload,target,port,tps,latency_ms,failed,txns,cpu_s,status,log" >"$RESULTS_CSV"
 echo "round,table,old,new,verdict" >"$EQUALITY_CSV"
 
 STARTED_PIDS=()
@@ -315,6 +316,23 @@ target_port() {
     esac
 }
 
+# The process between pgbench and PostgreSQL (none for direct): its CPU per
+# transaction is the table's least noisy column on a shared machine.
+middle_pid() {
+    case $1 in
+    direct) echo "" ;;
+    pgbouncer) echo "$PGB_PID" ;;
+    *) echo "${PROXY_PID[$1]}" ;;
+    esac
+}
+
+# utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat,
+# counted after the command name, which may hold spaces).
+cpu_ticks() {
+    [[ -n $1 && -r /proc/$1/stat ]] || { echo ""; return; }
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
 # --------------------------------------------------------------------------- databases
 
 psql_db() { psql -X -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$PG_PORT" -U "$PGUSER_NAME" -d "$@"; }
@@ -418,9 +436,12 @@ DIVERGENCES=0
 EQUALITY_CHECKS=0
 
 run_one() {
-    local round=$1 workload=$2 target=$3 port logf status parsed tps lat failed
+    local round=$1 workload=$2 target=$3 port logf status parsed tps lat failed txns
+    local pid ticks0 ticks1 cpu_s=""
     local -a wargs
     port=$(target_port "$target")
+    pid=$(middle_pid "$target")
+    ticks0=$(cpu_ticks "$pid")
     mapfile -t wargs < <(workload_args "$workload")
     logf="$WORK/runs/r$round-$workload-$target.log"
     # In the background + wait, so that an INT/TERM trap runs at once (and stops it).
@@ -433,15 +454,19 @@ run_one() {
         status="exit$?"
     fi
     PGBENCH_PID=""
+    ticks1=$(cpu_ticks "$pid")
+    if [[ -n $ticks0 && -n $ticks1 ]]; then
+        cpu_s=$(awk -v a="$ticks0" -v b="$ticks1" -v hz="$(getconf CLK_TCK)" 'BEGIN {print (b - a) / hz}')
+    fi
     parsed=$(python3 "$REPORT" parse "$logf")
-    IFS=, read -r tps lat failed <<<"$parsed"
+    IFS=, read -r tps lat failed txns <<<"$parsed"
     if [[ $status == ok && (-z $tps || -z $lat) ]]; then status=unparsed; fi
     if [[ $status != ok ]]; then
         RUN_FAILURES=$((RUN_FAILURES + 1))
         log "run failed ($status), last lines of $logf:"
         tail -n 5 "$logf" >&2 || true
     fi
-    echo "$round,$workload,$target,$port,$tps,$lat,$failed,$status,$logf" >>"$RESULTS_CSV"
+    echo "$round,$workload,$target,$port,$tps,$lat,$failed,$txns,$cpu_s,$status,$logf" >>"$RESULTS_CSV"
     log "round $round  $(printf '%-16s %-10s' "$workload" "$target") tps=${tps:-?}  latency=${lat:-?} ms  failed=${failed:-?}  [$status]"
 }
 

@@ -3,8 +3,9 @@
 
 Subcommands:
 
-  parse LOG                 read one pgbench output file, print "tps,latency_ms,failed"
-                            (empty fields for values that are missing)
+  parse LOG                 read one pgbench output file, print
+                            "tps,latency_ms,failed,transactions" (empty fields for
+                            values that are missing)
   drained                   read the proxy's /status JSON on stdin; exit 0 when both
                             "mirror_queue_depth" and "journal_backlog_units" are 0,
                             1 when either is not 0 yet, 2 when the JSON or a field
@@ -27,6 +28,7 @@ from typing import Any
 TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 LAT_RE = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
 FAILED_RE = re.compile(r"^number of failed transactions: ([0-9]+)", re.M)
+TXNS_RE = re.compile(r"^number of transactions actually processed: ([0-9]+)", re.M)
 
 # Display order; names not listed here follow in order of first appearance.
 TARGET_ORDER = ["direct", "pgbouncer", "old-only", "dual-sync", "dual-async", "shadow-read"]
@@ -37,7 +39,7 @@ def cmd_parse(path: str) -> int:
     with open(path, encoding="utf-8", errors="replace") as fh:
         text = fh.read()
     fields = []
-    for rx in (TPS_RE, LAT_RE, FAILED_RE):
+    for rx in (TPS_RE, LAT_RE, FAILED_RE, TXNS_RE):
         m = rx.search(text)
         fields.append(m.group(1) if m else "")
     print(",".join(fields))
@@ -103,6 +105,8 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
     lat: dict[tuple[str, str], list[float]] = {}
     runs: dict[tuple[str, str], int] = {}
     failed_txn: dict[tuple[str, str], int] = {}
+    # CPU of the process between pgbench and the server, per transaction (us).
+    cpu: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         w, t = r["workload"], r["target"]
         if w not in workloads_seen:
@@ -116,6 +120,9 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
         if r["status"] == "ok" and v_tps is not None and v_lat is not None:
             tps.setdefault(key, []).append(v_tps)
             lat.setdefault(key, []).append(v_lat)
+            v_cpu, v_txns = _num(r.get("cpu_s", "")), _num(r.get("txns", ""))
+            if v_cpu is not None and v_txns:
+                cpu.setdefault(key, []).append(v_cpu / v_txns * 1e6)
 
     def med(d: dict[tuple[str, str], list[float]], key: tuple[str, str]) -> float | None:
         vals = d.get(key)
@@ -123,8 +130,8 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
 
     out = [
         "| workload | target | median TPS | median avg latency (ms) | TPS vs direct "
-        "| TPS vs pgbouncer | ok runs | failed txns |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| TPS vs pgbouncer | middle CPU per txn (us) | ok runs | failed txns |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w in _ordered(workloads_seen, WORKLOAD_ORDER):
         base_direct = med(tps, (w, "direct"))
@@ -133,15 +140,16 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
             key = (w, t)
             if key not in runs:
                 continue
-            m_tps, m_lat = med(tps, key), med(lat, key)
+            m_tps, m_lat, m_cpu = med(tps, key), med(lat, key), med(cpu, key)
             out.append(
-                "| {w} | {t} | {tps} | {lat} | {rd} | {rp} | {ok}/{n} | {f} |".format(
+                "| {w} | {t} | {tps} | {lat} | {rd} | {rp} | {cpu} | {ok}/{n} | {f} |".format(
                     w=w,
                     t=t,
                     tps="—" if m_tps is None else f"{m_tps:.1f}",
                     lat="—" if m_lat is None else f"{m_lat:.3f}",
                     rd=_ratio(m_tps, base_direct),
                     rp=_ratio(m_tps, base_pgb),
+                    cpu="—" if m_cpu is None else f"{m_cpu:.0f}",
                     ok=len(tps.get(key, [])),
                     n=runs[key],
                     f=failed_txn[key],
