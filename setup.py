@@ -13,6 +13,7 @@ from setuptools import setup
 
 HOT_PATH = [
     "proxy/classify.py",
+    "proxy/metrics.py",
     "proxy/wire/pg/_backend.py",
     "proxy/wire/pg/_events.py",
     "proxy/wire/pg/_frontend.py",

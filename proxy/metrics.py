@@ -225,21 +225,22 @@ READ_ROUTE_FALLBACKS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
-SHADOW_READS = Counter(
-    "shadowproxy_shadow_reads_total",
+# Hot: every sampled read counts an outcome and observes both latencies.
+SHADOW_READS = _HotMetric(
+    "shadowproxy_shadow_reads",
     "Sampled autocommit reads re-run on the other store, by outcome (match, mismatch, "
     "transient: equal on a re-check, inconclusive: still different but the proxy wrote "
     "the tables read meanwhile, shed, error).",
     ["outcome"],
-    registry=REGISTRY,
+    "counter",
 )
-SHADOW_READ_LATENCY = Histogram(
+SHADOW_READ_LATENCY = _HotMetric(
     "shadowproxy_shadow_read_latency_seconds",
     "Latency of the same sampled read on each store (store = old/new), per statement "
     "fingerprint (the first 50, then other).",
     ["store", "fingerprint"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
-    registry=REGISTRY,
+    "histogram",
+    (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
 )
 DIVERGENCES = Counter(
     "shadowproxy_divergences_total",

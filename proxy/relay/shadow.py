@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _MASK = (1 << 64) - 1
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 _MAX_FINGERPRINTS = 50  # label values: the first 50 fingerprints, then "other"
+_MAX_STATEMENTS = 10_000  # statement texts remembered (ORDER BY or not)
 _TIMEOUT = 30.0
 _RECHECKS = 2  # re-reads of both stores before a difference counts
 _SETTLE = 2.0  # seconds a re-check waits at most for the mirrors to catch up
@@ -200,6 +201,8 @@ class ShadowReader:
         self.stores = ("new", "old") if manager.store_label == "old" else ("old", "new")
         self.parity = Parity(self.stores)
         self.counts: dict[str, int] = {}
+        self._ordered: dict[str, bool] = {}  # statement text -> has ORDER BY
+        self.sweeper = Sweeper()
         self._random = random.Random()
         # Every mirror of the process (set by the server): re-checks wait for them.
         self.managers: list[MirrorManager] = [manager]
@@ -217,7 +220,11 @@ class ShadowReader:
             self.count("shed")
             return None
         self.inflight += 1
-        ordered = bool(_ORDER_BY.search(sql))
+        ordered = self._ordered.get(sql)
+        if ordered is None:  # the same statements come back: searched once each
+            if len(self._ordered) >= _MAX_STATEMENTS:
+                self._ordered.clear()
+            ordered = self._ordered[sql] = bool(_ORDER_BY.search(sql))
         return ShadowRead(sql, parse_body, bind_body, Digest(ordered), seq=ACTIVITY.seq)
 
     def count(self, outcome: str) -> None:
@@ -291,27 +298,55 @@ class ShadowReader:
     async def _on_read_store(self, sr: ShadowRead, prelude: tuple[str, ...]) -> Digest:
         end = self.read_store
         conn = MirrorConnection(end.host, end.port, end.user, end.password, end.database)
-        link = await _Link.open(conn, prelude)
+        link = await _Link.open(conn, prelude, self.sweeper)
         try:
             return await link.ask(sr)
         finally:
             link.close()
 
 
+class Sweeper:
+    """Times out the shadow reads in flight with one timer for all of them (a timer
+    per read showed in the profile): a read still unanswered at a sweep after its
+    deadline closes its link, which ends it as an error."""
+
+    def __init__(self, timeout: float = _TIMEOUT) -> None:
+        self.timeout = timeout
+        self.links: set[_Link] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, link: _Link) -> None:
+        self.links.add(link)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.timeout / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        now = perf_counter()
+        for link in [li for li in self.links if now - li.sent > self.timeout]:
+            link.close()  # connection_lost follows: the read ends as an error
+            self.links.discard(link)
+        if self.links:
+            self._handle = asyncio.get_running_loop().call_later(self.timeout / 4, self._sweep)
+
+
 class _Link(asyncio.Protocol):
     """An open shadow connection: each answer is digested as its bytes arrive and
     handed to a callback at its ReadyForQuery -- no task, no stream per read."""
 
-    def __init__(self, keep: object) -> None:
+    def __init__(self, keep: object, sweeper: Sweeper) -> None:
         self.keep = keep  # the stream writer the socket came from (must stay alive)
+        self.sweeper = sweeper
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.digest: Digest | None = None
         self.done: Callable[[Digest | None], None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.sent = 0.0  # when the read in flight was sent
 
     @classmethod
-    async def open(cls, conn: MirrorConnection, prelude: tuple[str, ...]) -> _Link:
+    async def open(
+        cls, conn: MirrorConnection, prelude: tuple[str, ...], sweeper: Sweeper
+    ) -> _Link:
         """Connect ``conn``, apply the session's settings, take its socket over."""
         try:
             await conn.connect()
@@ -320,7 +355,7 @@ class _Link(asyncio.Protocol):
         except BaseException:
             conn.close()
             raise
-        link = cls(keep)
+        link = cls(keep, sweeper)
         transport.set_protocol(link)
         link.connection_made(transport)
         return link
@@ -354,7 +389,8 @@ class _Link(asyncio.Protocol):
     def send(self, request: bytes, digest: Digest, done: Callable[[Digest | None], None]) -> None:
         assert self.transport is not None and self.done is None
         self.digest, self.done = digest, done
-        self.timer = asyncio.get_running_loop().call_later(_TIMEOUT, self.close)
+        self.sent = perf_counter()
+        self.sweeper.add(self)
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
@@ -374,9 +410,7 @@ class _Link(asyncio.Protocol):
                 digest.take(t, raw[5:])
 
     def _finish(self, result: Digest | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.sweeper.links.discard(self)
         done, self.done, self.digest = self.done, None, None
         if done is not None:
             done(result)
@@ -421,7 +455,9 @@ class SessionShadow:
     async def _open_and_send(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
         self.close_link()
         try:
-            link = await _Link.open(self.reader.manager.connection(self.params), prelude)
+            link = await _Link.open(
+                self.reader.manager.connection(self.params), prelude, self.reader.sweeper
+            )
         except (MirrorUnavailable, ProtocolError, OSError, TimeoutError) as exc:
             self.reader.count("error")
             log.info("shadow read on session %d: %s", self.session, exc)
