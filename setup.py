@@ -1,10 +1,11 @@
 """Compiles the relay's hot path with mypyc; everything else is in pyproject.toml.
 
 Every message of a mirrored session passes through these modules (the wire
-codec, the session, the recorder, value pinning, the mirror connection and
-the classifier); compiled, they cost about a fifth less CPU per transaction
-(README, "Compiled hot path").  They stay plain, type-checked Python: with
-SHADOWPROXY_PURE=1 nothing is compiled and the same code runs interpreted.
+codec, the session, shadow reads, the recorder, value pinning, the mirror
+connection, the classifier, the hot-path metrics); compiled, the proxy spends
+about a sixth less CPU per mirrored transaction (README, "Set-up" and
+"Benchmark").  They stay plain, type-checked Python: with SHADOWPROXY_PURE=1
+nothing is compiled and the same code runs interpreted.
 """
 
 import os
@@ -16,6 +17,7 @@ HOT_PATH = [
     "proxy/metrics.py",
     "proxy/wire/pg/_backend.py",
     "proxy/wire/pg/_events.py",
+    "proxy/wire/pg/_frames.py",
     "proxy/wire/pg/_frontend.py",
     "proxy/wire/pg/_messages.py",
     "proxy/wire/pg/_rows.py",

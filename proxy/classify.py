@@ -41,6 +41,11 @@ class Kind(enum.Enum):
     SESSION = "session"  # SET / RESET / DISCARD / PREPARE / DEALLOCATE / LISTEN ...
     DDL = "ddl"
 
+    # Members are singletons compared by identity: the identity hash is the C
+    # slot, where Enum's own __hash__ is interpreted code run on every lookup of
+    # a per-kind counter.
+    __hash__ = object.__hash__
+
 
 READ, WRITE, TXN, SESSION, DDL = Kind.READ, Kind.WRITE, Kind.TXN, Kind.SESSION, Kind.DDL
 _RANK = {READ: 0, TXN: 1, SESSION: 2, WRITE: 3, DDL: 4}
