@@ -87,6 +87,7 @@ _kinds: _TextCache[Kind] = _TextCache()
 _tables: _TextCache[tuple[str, ...]] = _TextCache()
 _fingerprints: _TextCache[str] = _TextCache()
 _relations: _TextCache[tuple[str, ...]] = _TextCache()
+_ordered: _TextCache[bool] = _TextCache()
 _kind_get = _kinds.data.get  # the cache dict is cleared in place, never replaced
 
 # ------------------------------------------------------------------------ keywords
@@ -569,6 +570,18 @@ def _tables_in(sql: str) -> tuple[str, ...]:
     for _, name in sorted(targets):
         seen.setdefault(name, None)
     return tuple(seen)
+
+
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+
+
+def has_order_by(sql: str) -> bool:
+    """Whether the text says ORDER BY anywhere (a read's rows then compare in order)."""
+    found = _ordered.data.get(sql)
+    if found is None:
+        found = bool(_ORDER_BY.search(sql))
+        _ordered.put(sql, found)
+    return found
 
 
 def relations_of(sql: str) -> tuple[str, ...]:

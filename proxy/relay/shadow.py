@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.classify import relations_of, shape_fingerprint
+from proxy.classify import has_order_by, relations_of, shape_fingerprint
 from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.wire.pg import ProtocolError, error_fields, split_messages
@@ -45,9 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MASK = (1 << 64) - 1
-_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 _MAX_FINGERPRINTS = 50  # label values: the first 50 fingerprints, then "other"
-_MAX_STATEMENTS = 10_000  # statement texts remembered (ORDER BY or not)
 _TIMEOUT = 30.0
 _RECHECKS = 2  # re-reads of both stores before a difference counts
 _SETTLE = 2.0  # seconds a re-check waits at most for the mirrors to catch up
@@ -201,7 +198,6 @@ class ShadowReader:
         self.stores = ("new", "old") if manager.store_label == "old" else ("old", "new")
         self.parity = Parity(self.stores)
         self.counts: dict[str, int] = {}
-        self._ordered: dict[str, bool] = {}  # statement text -> has ORDER BY
         self.sweeper = Sweeper()
         self._random = random.Random()
         # Every mirror of the process (set by the server): re-checks wait for them.
@@ -220,12 +216,7 @@ class ShadowReader:
             self.count("shed")
             return None
         self.inflight += 1
-        ordered = self._ordered.get(sql)
-        if ordered is None:  # the same statements come back: searched once each
-            if len(self._ordered) >= _MAX_STATEMENTS:
-                self._ordered.clear()
-            ordered = self._ordered[sql] = bool(_ORDER_BY.search(sql))
-        return ShadowRead(sql, parse_body, bind_body, Digest(ordered), seq=ACTIVITY.seq)
+        return ShadowRead(sql, parse_body, bind_body, Digest(has_order_by(sql)), seq=ACTIVITY.seq)
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1

@@ -14,6 +14,7 @@ from proxy.classify import (
     Kind,
     classify,
     fingerprint,
+    has_order_by,
     is_read_only_begin,
     shape_fingerprint,
     tables_of,
@@ -530,3 +531,18 @@ def test_shape_fingerprint_shares_one_parse_per_shape() -> None:
     assert a == b == fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
     assert "4321" not in a
     assert shape_fingerprint("SELECT v FROM t WHERE k = 'x'") != a
+
+
+@pytest.mark.parametrize(
+    ("sql", "ordered"),
+    [
+        ("SELECT * FROM t ORDER BY id", True),
+        ("select * from t order\n  by id desc", True),
+        ("SELECT * FROM t", False),
+        ("SELECT border_by FROM t", False),
+        ("SELECT * FROM t WHERE x = 'reorder'", False),
+    ],
+)
+def test_has_order_by(sql: str, ordered: bool) -> None:
+    assert has_order_by(sql) is ordered
+    assert has_order_by(sql) is ordered  # answered from the cache the second time
