@@ -9,7 +9,8 @@ hash when the statement sorts); the relay's scanner hands those rows over
 without leaving its fast path.  Once the read completes, the same statement --
 same text, same parameter and result formats -- goes to the other store on
 the session's own shadow connection (the mirror store's credentials, the
-session's settings), a Protocol that digests the answer the same way as its
+session's settings; an extended-protocol statement is prepared there once and
+bound on later samples), a Protocol that digests the answer the same way as its
 bytes arrive and compares at ReadyForQuery, in a callback: no task or stream
 per read.  A difference is checked again on both stores by a background task
 (a write may have landed between the two reads); one that persists is a
@@ -48,6 +49,9 @@ _MAX_FINGERPRINTS = 50  # label values: the first 50 fingerprints, then "other"
 _TIMEOUT = 30.0
 _RECHECKS = 2  # re-reads of both stores before a difference counts
 _SETTLE = 2.0  # seconds a re-check waits at most for the mirrors to catch up
+# Statements a shadow connection prepares under names of its own, at most (then
+# the rest are parsed on every read, as the client's unnamed statements are).
+_LINK_STATEMENTS = 64
 
 # asyncio.gather returns a list where its annotation says a tuple, and compiled
 # code (setup.py) checks annotations: called through an untyped name.
@@ -333,6 +337,12 @@ class _Link(asyncio.Protocol):
         self.digest: Digest | None = None
         self.done: Callable[[Digest | None], None] | None = None
         self.sent = 0.0  # when the read in flight was sent
+        # The client's Parse bodies prepared here, by the name they got: the other
+        # store then parses and plans a sampled statement once per connection,
+        # not once per read.  Names are never reused (an error drops the entry).
+        self.statements: dict[bytes, str] = {}
+        self.named = 0
+        self.asked: bytes | None = None  # the Parse body of the named read in flight
 
     @classmethod
     async def open(
@@ -371,8 +381,32 @@ class _Link(asyncio.Protocol):
             else:
                 fut.set_result(d)
 
-        self.send(request_of(sr), Digest(sr.digest.ordered), done)
+        self.send(self.request(sr), Digest(sr.digest.ordered), done)
         return fut
+
+    def request(self, sr: ShadowRead) -> bytes:
+        """The bytes that run ``sr``'s statement here: the client's query, or its
+        Bind on this connection's own prepared copy of the client's Parse."""
+        parse_body, bind_body = sr.parse_body, sr.bind_body
+        if parse_body is None or bind_body is None:
+            return m.query(sr.sql)
+        name = self.statements.get(parse_body)
+        head = b""
+        if name is None:
+            if self.named >= _LINK_STATEMENTS:
+                return request_of(sr)
+            name = f"shadowproxy_s{self.named}"
+            self.named += 1
+            self.statements[parse_body] = name
+            head = m.parse(name, parse_body)
+        self.asked = parse_body
+        return (
+            head
+            + m.bind(name, bind_body)
+            + m.DESCRIBE_PORTAL_UNNAMED
+            + m.EXECUTE_UNNAMED_ALL
+            + m.SYNC
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -402,6 +436,11 @@ class _Link(asyncio.Protocol):
 
     def _finish(self, result: Digest | None) -> None:
         self.sweeper.links.discard(self)
+        asked, self.asked = self.asked, None
+        if asked is not None and result is not None and result.error:
+            # The Parse may not have taken, or its plan went stale (a column
+            # changed type): the next read prepares it again, under a new name.
+            self.statements.pop(asked, None)
         done, self.done, self.digest = self.done, None, None
         if done is not None:
             done(result)
@@ -459,7 +498,7 @@ class SessionShadow:
 
     def _send(self, link: _Link, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
         self._current = (sr, perf_counter(), prelude)
-        link.send(request_of(sr), Digest(sr.digest.ordered), self._answered)
+        link.send(link.request(sr), Digest(sr.digest.ordered), self._answered)
 
     def _answered(self, theirs: Digest | None) -> None:
         current, self._current = self._current, None
@@ -514,7 +553,8 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def request_of(sr: ShadowRead) -> bytes:
-    """The bytes that run ``sr``'s statement: the client's own Parse and Bind, or its query."""
+    """The bytes that run ``sr``'s statement unprepared: the client's own unnamed
+    Parse and Bind, or its query."""
     if sr.parse_body is not None and sr.bind_body is not None:
         return (
             m.parse("", sr.parse_body)

@@ -113,3 +113,32 @@ def test_a_shadow_connection_lost_mid_read_is_an_error_outcome_and_is_reopened(
         status = shadow_status(proxy, 3)
         assert status["outcomes"] == {"match": 2, "error": 1}, status
     assert proxy.divergences() == []
+
+
+def test_a_statement_the_shadow_store_could_not_prepare_is_prepared_again(
+    pg_pair: PgPair, proxy_factory: Any
+) -> None:
+    """A shadow connection prepares each sampled statement once; when that fails
+    (here the table is missing on the new store) it must not keep binding to a
+    statement that does not exist: once the table is there, the reads match."""
+    with pg_pair.connect("old", autocommit=True) as c:
+        c.execute("CREATE TABLE late (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO late SELECT g, 'row ' || g FROM generate_series(1, 5) g")
+    proxy = proxy_factory(
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new), mode="shadow-read", shadow_read_fraction="1"
+    )
+    query = "SELECT v FROM late WHERE id = %s"
+    with psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) as conn:
+        assert conn.execute(query, (1,), prepare=True).fetchone() == ("row 1",)
+        status = shadow_status(proxy, 1)
+        assert status["outcomes"] == {"mismatch": 1}, status
+        [event] = proxy.divergences()
+        assert event["kind"] == "read" and event["shadow_store"]["rows"] == 0, event
+        with pg_pair.connect("new", autocommit=True) as c:
+            c.execute("CREATE TABLE late (id int PRIMARY KEY, v text)")
+            c.execute("INSERT INTO late SELECT g, 'row ' || g FROM generate_series(1, 5) g")
+        for i in (2, 3, 4):  # the same statement, bound again: once prepared, reused
+            assert conn.execute(query, (i,), prepare=True).fetchone() == (f"row {i}",)
+            status = shadow_status(proxy, i)
+        assert status["outcomes"] == {"mismatch": 1, "match": 3}, status
+    assert len(proxy.divergences()) == 1
