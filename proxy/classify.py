@@ -87,7 +87,7 @@ _kinds: _TextCache[Kind] = _TextCache()
 _tables: _TextCache[tuple[str, ...]] = _TextCache()
 _fingerprints: _TextCache[str] = _TextCache()
 _relations: _TextCache[tuple[str, ...]] = _TextCache()
-_ordered: _TextCache[bool] = _TextCache()
+_shapes: _TextCache[tuple[str, bool]] = _TextCache()
 _kind_get = _kinds.data.get  # the cache dict is cleared in place, never replaced
 
 # ------------------------------------------------------------------------ keywords
@@ -481,21 +481,24 @@ def fingerprint(sql: str) -> str:
     return found
 
 
-def shape_fingerprint(sql: str) -> str:
-    """``fingerprint`` for statements sent with literals (the simple protocol), whose
-    text differs in every call: those of the same shape once the literals are
-    blanked (a regex, cheap) share one parse.  Two shapes that only the parser
-    tells apart (one of them unparseable) may share a fingerprint."""
-    found = _fingerprints.data.get(sql)
+def read_shape(sql: str) -> tuple[str, bool]:
+    """A read's ``fingerprint`` and whether it sorts its rows (ORDER BY outside
+    literals and comments: its rows then compare in order).
+
+    Reads sent with literals (the simple protocol) differ in every call: those of
+    the same shape once the literals are blanked (a regex, cheap) share one entry
+    and one parse.  Two shapes that only the parser tells apart (one of them
+    unparseable) may share a fingerprint."""
+    found = _shapes.data.get(sql)
     if found is None:
         blanked = _LEXEME.sub(_blank_literals, sql)
         shape = "\0" + blanked  # never a statement's own text
-        found = _fingerprints.data.get(shape)
+        found = _shapes.data.get(shape)
         if found is None:
-            found = _fingerprint_text(sql)
-            _fingerprints.put(shape, found)
+            found = (_fingerprint_text(sql), bool(_ORDER_BY.search(blanked)))
+            _shapes.put(shape, found)
         if blanked == sql:  # no literals (a prepared statement): found by its text next time
-            _fingerprints.put(sql, found)
+            _shapes.put(sql, found)
     return found
 
 
@@ -573,15 +576,6 @@ def _tables_in(sql: str) -> tuple[str, ...]:
 
 
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
-
-
-def has_order_by(sql: str) -> bool:
-    """Whether the text says ORDER BY anywhere (a read's rows then compare in order)."""
-    found = _ordered.data.get(sql)
-    if found is None:
-        found = bool(_ORDER_BY.search(sql))
-        _ordered.put(sql, found)
-    return found
 
 
 def relations_of(sql: str) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
-from proxy.classify import has_order_by, relations_of, shape_fingerprint
+from proxy.classify import read_shape, relations_of
 from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.wire.pg import ProtocolError, error_fields, split_messages
@@ -115,8 +115,9 @@ class ShadowRead:
     parse_body: bytes | None  # extended protocol: the client's Parse and Bind bodies
     bind_body: bytes | None
     digest: Digest
-    started: float = field(default_factory=perf_counter)
     seq: int = 0  # the proxy's write sequence number when the read was sampled
+    fingerprint: str = ""
+    started: float = field(default_factory=perf_counter)
 
 
 class Parity:
@@ -220,7 +221,8 @@ class ShadowReader:
             self.count("shed")
             return None
         self.inflight += 1
-        return ShadowRead(sql, parse_body, bind_body, Digest(has_order_by(sql)), seq=ACTIVITY.seq)
+        fp, ordered = read_shape(sql)
+        return ShadowRead(sql, parse_body, bind_body, Digest(ordered), ACTIVITY.seq, fp)
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -233,7 +235,7 @@ class ShadowReader:
         """The other store's answer is in (``ours`` and ``other``: both stores'
         latencies): True if the two agree, the common case, decided here without a
         task; otherwise the caller re-checks (``recheck``)."""
-        self.parity.record(shape_fingerprint(sr.sql), ours, other, self.stores)
+        self.parity.record(sr.fingerprint, ours, other, self.stores)
         if sr.digest.same(theirs):
             self.count("match")
             return True
@@ -264,7 +266,7 @@ class ShadowReader:
             self.divergences.record(
                 "read",
                 session=shadow.session,
-                fingerprint=shape_fingerprint(sr.sql),
+                fingerprint=sr.fingerprint,
                 read_store=again_ours.summary(),
                 shadow_store=again_theirs.summary(),
                 error=again_theirs.error or None,

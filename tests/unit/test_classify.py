@@ -14,9 +14,8 @@ from proxy.classify import (
     Kind,
     classify,
     fingerprint,
-    has_order_by,
     is_read_only_begin,
-    shape_fingerprint,
+    read_shape,
     tables_of,
 )
 
@@ -525,12 +524,12 @@ def test_hostile_inputs() -> None:
     assert tables_of("insert into t values ('\ud800')") == ()
 
 
-def test_shape_fingerprint_shares_one_parse_per_shape() -> None:
-    a = shape_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 4321")
-    b = shape_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 77")
+def test_read_shape_shares_one_parse_per_shape() -> None:
+    a, ordered = read_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 4321")
+    b, _ = read_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 77")
     assert a == b == fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
-    assert "4321" not in a
-    assert shape_fingerprint("SELECT v FROM t WHERE k = 'x'") != a
+    assert "4321" not in a and not ordered
+    assert read_shape("SELECT v FROM t WHERE k = 'x'")[0] != a
 
 
 @pytest.mark.parametrize(
@@ -538,11 +537,14 @@ def test_shape_fingerprint_shares_one_parse_per_shape() -> None:
     [
         ("SELECT * FROM t ORDER BY id", True),
         ("select * from t order\n  by id desc", True),
+        ("SELECT * FROM t WHERE k = 'x' ORDER BY id LIMIT 5", True),
         ("SELECT * FROM t", False),
         ("SELECT border_by FROM t", False),
         ("SELECT * FROM t WHERE x = 'reorder'", False),
+        ("SELECT * FROM t WHERE x = 'order by'", False),
+        ("SELECT * FROM t -- order by id", False),
     ],
 )
-def test_has_order_by(sql: str, ordered: bool) -> None:
-    assert has_order_by(sql) is ordered
-    assert has_order_by(sql) is ordered  # answered from the cache the second time
+def test_read_shape_says_whether_rows_are_ordered(sql: str, ordered: bool) -> None:
+    assert read_shape(sql)[1] is ordered
+    assert read_shape(sql)[1] is ordered  # answered from the cache the second time
