@@ -27,6 +27,7 @@ HOT_PATH = [
     "proxy/relay/lockstep.py",
     "proxy/relay/reads.py",
     "proxy/relay/shadow.py",
+    "proxy/relay/shadow_link.py",
     "proxy/relay/switch.py",
     "proxy/mirror/connection.py",
     "proxy/mirror/pinning.py",

@@ -448,11 +448,10 @@ class LockStep(AnswerFilter):
         self._pump()
 
     def closed(self) -> None:
-        """The session ended: its own connections to the other store go."""
+        """The session ended: its own connection to the read store goes (shadow
+        connections are shared: a read in flight still finishes)."""
         if self.state == ROUTED:
             self.state = FLOWING
-        if self.shadow is not None:
-            self.shadow.close()
         if self.route is not None:
             self.route.close()
             self.route = None

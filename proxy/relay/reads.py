@@ -282,9 +282,7 @@ class ReadRoute:
                 await s.client_writable()
 
     def close(self) -> None:
-        if self.shadow is not None:
-            self.shadow.close()
-            self.shadow = None
+        self.shadow = None  # its link is shared; a read in flight still finishes
         if self.conn is not None:
             self.conn.close()
             self.conn = None

@@ -304,6 +304,7 @@ class ProxyServer:
             out["shadow_reads"] = {
                 "fraction": reader.fraction,
                 "inflight": reader.inflight,
+                "connections": len(reader.links.links),  # open on the other store
                 "outcomes": dict(reader.counts),
                 "parity": reader.parity.table(),
             }
@@ -320,6 +321,8 @@ class ProxyServer:
         for s in list(self.sessions):
             s.shutdown_now()
         await asyncio.sleep(0.05)
+        for reader in self.shadow_readers.values():
+            reader.close()
         for manager in (self.mirror_manager, self.reverse_manager):
             if manager is not None:
                 await manager.stop()

@@ -7,12 +7,11 @@ delayed: column names and types from RowDescription, the row count, and a
 digest of the DataRows (a sum of row hashes, order-insensitive, or a chained
 hash when the statement sorts); the relay's scanner hands those rows over
 without leaving its fast path.  Once the read completes, the same statement --
-same text, same parameter and result formats -- goes to the other store on
-the session's own shadow connection (the mirror store's credentials, the
-session's settings; an extended-protocol statement is prepared there once and
-bound on later samples), a Protocol that digests the answer the same way as its
-bytes arrive and compares at ReadyForQuery, in a callback: no task or stream
-per read.  A difference is checked again on both stores by a background task
+same text, same parameter and result formats -- goes to the other store on the
+shadow connection of the session's settings (shadow_link.py: shared by every
+session with the same settings, pipelined, digesting the answer the same way
+as its bytes arrive), and the two digests are compared in a callback: no task
+or stream per read.  A difference is checked again on both stores by a background task
 (a write may have landed between the two reads); one that persists is a
 ``read`` divergence with the statement's fingerprint.  Both stores' latencies
 are recorded per fingerprint: the performance parity table of /status and the
@@ -26,7 +25,6 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -35,8 +33,8 @@ from proxy import metrics
 from proxy.classify import read_shape, relations_of
 from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
-from proxy.wire.pg import ProtocolError, error_fields, split_messages
-from proxy.wire.pg import messages as m
+from proxy.relay.shadow_link import Digest, Link, LinkPool, spawn
+from proxy.wire.pg import ProtocolError
 
 if TYPE_CHECKING:
     from proxy.mirror.manager import MirrorManager
@@ -44,69 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MASK = (1 << 64) - 1
 _MAX_FINGERPRINTS = 50  # label values: the first 50 fingerprints, then "other"
-_TIMEOUT = 30.0
 _RECHECKS = 2  # re-reads of both stores before a difference counts
 _SETTLE = 2.0  # seconds a re-check waits at most for the mirrors to catch up
-# Statements a shadow connection prepares under names of its own, at most (then
-# the rest are parsed on every read, as the client's unnamed statements are).
-_LINK_STATEMENTS = 64
 
 # asyncio.gather returns a list where its annotation says a tuple, and compiled
 # code (setup.py) checks annotations: called through an untyped name.
 _gather: Any = asyncio.gather
-
-
-@dataclass(slots=True)
-class Digest:
-    ordered: bool
-    columns: list[tuple[bytes, int]] = field(default_factory=list)  # (name, type oid)
-    rows: int = 0
-    acc: int = 0
-    error: str = ""
-
-    def describe(self, body: bytes) -> None:
-        n = int.from_bytes(body[:2], "big")
-        pos = 2
-        cols = []
-        for _ in range(n):
-            nul = body.index(b"\0", pos)
-            oid = int.from_bytes(body[nul + 7 : nul + 11], "big")
-            # Types created on each store get their own OIDs: compare built-in ones only.
-            cols.append((body[pos:nul], oid if oid < 16384 else 0))
-            pos = nul + 19
-        self.columns = cols
-
-    def take(self, t: int, body: bytes) -> None:
-        """One answer message: rows and their description digested, an error noted."""
-        if t == 0x44:
-            self.add(body)
-        elif t == 0x54:
-            self.describe(body)
-        elif t == 0x45:
-            self.error = error_fields(body).get("C", "error")
-
-    def add(self, row: bytes) -> None:
-        self.rows += 1
-        h = hash(row)
-        self.acc = hash((self.acc, h)) if self.ordered else (self.acc + h) & _MASK
-
-    def same(self, other: Digest) -> bool:
-        # An extended-protocol client may not have described its portal: its
-        # answer then has no RowDescription to compare.
-        return (
-            self.error == other.error
-            and (not self.columns or not other.columns or self.columns == other.columns)
-            and self.rows == other.rows
-            and self.acc == other.acc
-        )
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "columns": [c.decode("utf-8", "replace") for c, _ in self.columns],
-        }
 
 
 @dataclass(slots=True)
@@ -203,7 +145,8 @@ class ShadowReader:
         self.stores = ("new", "old") if manager.store_label == "old" else ("old", "new")
         self.parity = Parity(self.stores)
         self.counts: dict[str, int] = {}
-        self.sweeper = Sweeper()
+        # Shadow connections, shared by sessions with the same settings (shadow_link.py).
+        self.links = LinkPool(manager.connection, max_inflight)
         self._random = random.Random()
         # Every mirror of the process (set by the server): re-checks wait for them.
         self.managers: list[MirrorManager] = [manager]
@@ -250,7 +193,7 @@ class ShadowReader:
             # applied what is committed, ask both stores again, at the same time.
             for _ in range(_RECHECKS):
                 await self._settle()
-                again = await _gather(self._on_read_store(sr, prelude), shadow.read(sr))
+                again = await _gather(self._on_read_store(sr, prelude), shadow.read(sr, prelude))
                 again_ours: Digest = again[0]
                 again_theirs: Digest = again[1]
                 if again_ours.same(again_theirs):
@@ -279,7 +222,6 @@ class ShadowReader:
             asyncio.IncompleteReadError,
         ) as exc:
             self.count("error")
-            shadow.close_link()
             log.info("shadow read on session %d failed: %s", shadow.session, exc)
         finally:
             shadow.release()
@@ -295,274 +237,90 @@ class ShadowReader:
     async def _on_read_store(self, sr: ShadowRead, prelude: tuple[str, ...]) -> Digest:
         end = self.read_store
         conn = MirrorConnection(end.host, end.port, end.user, end.password, end.database)
-        link = await _Link.open(conn, prelude, self.sweeper)
+        link = await Link.open(conn, prelude, self.links.sweeper)
         try:
-            return await link.ask(sr)
+            return await link.ask(sr.sql, sr.parse_body, sr.bind_body, sr.digest.ordered)
         finally:
             link.close()
 
-
-class Sweeper:
-    """Times out the shadow reads in flight with one timer for all of them (a timer
-    per read showed in the profile): a read still unanswered at a sweep after its
-    deadline closes its link, which ends it as an error."""
-
-    def __init__(self, timeout: float = _TIMEOUT) -> None:
-        self.timeout = timeout
-        self.links: set[_Link] = set()
-        self._handle: asyncio.TimerHandle | None = None
-
-    def add(self, link: _Link) -> None:
-        self.links.add(link)
-        if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self.timeout / 4, self._sweep)
-
-    def _sweep(self) -> None:
-        self._handle = None
-        now = perf_counter()
-        for link in [li for li in self.links if now - li.sent > self.timeout]:
-            link.close()  # connection_lost follows: the read ends as an error
-            self.links.discard(link)
-        if self.links:
-            self._handle = asyncio.get_running_loop().call_later(self.timeout / 4, self._sweep)
-
-
-class _Link(asyncio.Protocol):
-    """An open shadow connection: each answer is digested as its bytes arrive and
-    handed to a callback at its ReadyForQuery -- no task, no stream per read."""
-
-    def __init__(self, keep: object, sweeper: Sweeper) -> None:
-        self.keep = keep  # the stream writer the socket came from (must stay alive)
-        self.sweeper = sweeper
-        self.transport: asyncio.Transport | None = None
-        self.buf = b""
-        self.digest: Digest | None = None
-        self.done: Callable[[Digest | None], None] | None = None
-        self.sent = 0.0  # when the read in flight was sent
-        # The client's Parse bodies prepared here, by the name they got: the other
-        # store then parses and plans a sampled statement once per connection,
-        # not once per read.  Names are never reused (an error drops the entry).
-        self.statements: dict[bytes, str] = {}
-        self.named = 0
-        self.asked: bytes | None = None  # the Parse body of the named read in flight
-
-    @classmethod
-    async def open(
-        cls, conn: MirrorConnection, prelude: tuple[str, ...], sweeper: Sweeper
-    ) -> _Link:
-        """Connect ``conn``, apply the session's settings, take its socket over."""
-        try:
-            await conn.connect()
-            await conn.run_prelude(prelude)
-            transport, keep = conn.detach()
-        except BaseException:
-            conn.close()
-            raise
-        link = cls(keep, sweeper)
-        transport.set_protocol(link)
-        link.connection_made(transport)
-        return link
-
-    @property
-    def usable(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
-
-    def ask(self, sr: ShadowRead) -> asyncio.Future[Digest]:
-        """``sr``'s statement once more, as a future (re-checks); fails with
-        MirrorUnavailable if the connection is lost or times out."""
-        fut: asyncio.Future[Digest] = asyncio.get_running_loop().create_future()
-        if not self.usable:
-            fut.set_exception(MirrorUnavailable("the shadow connection is closed"))
-            return fut
-
-        def done(d: Digest | None) -> None:
-            if fut.done():
-                return
-            if d is None:
-                fut.set_exception(MirrorUnavailable("the shadow connection was lost"))
-            else:
-                fut.set_result(d)
-
-        self.send(self.request(sr), Digest(sr.digest.ordered), done)
-        return fut
-
-    def request(self, sr: ShadowRead) -> bytes:
-        """The bytes that run ``sr``'s statement here: the client's query, or its
-        Bind on this connection's own prepared copy of the client's Parse."""
-        parse_body, bind_body = sr.parse_body, sr.bind_body
-        if parse_body is None or bind_body is None:
-            return m.query(sr.sql)
-        name = self.statements.get(parse_body)
-        head = b""
-        if name is None:
-            if self.named >= _LINK_STATEMENTS:
-                return request_of(sr)
-            name = f"shadowproxy_s{self.named}"
-            self.named += 1
-            self.statements[parse_body] = name
-            head = m.parse(name, parse_body)
-        self.asked = parse_body
-        return (
-            head
-            + m.bind(name, bind_body)
-            + m.DESCRIBE_PORTAL_UNNAMED
-            + m.EXECUTE_UNNAMED_ALL
-            + m.SYNC
-        )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def send(self, request: bytes, digest: Digest, done: Callable[[Digest | None], None]) -> None:
-        assert self.transport is not None and self.done is None
-        self.digest, self.done = digest, done
-        self.sent = perf_counter()
-        self.sweeper.add(self)
-        self.transport.write(request)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            msgs, self.buf = split_messages(self.buf + data)
-        except ProtocolError:
-            self.close()
-            return
-        for t, raw in msgs:
-            digest = self.digest
-            if digest is None:  # nothing asked: the connection is out of step
-                self.close()
-                return
-            if t == 0x5A:
-                self._finish(digest)
-            else:
-                digest.take(t, raw[5:])
-
-    def _finish(self, result: Digest | None) -> None:
-        self.sweeper.links.discard(self)
-        asked, self.asked = self.asked, None
-        if asked is not None and result is not None and result.error:
-            # The Parse may not have taken, or its plan went stale (a column
-            # changed type): the next read prepares it again, under a new name.
-            self.statements.pop(asked, None)
-        done, self.done, self.digest = self.done, None, None
-        if done is not None:
-            done(result)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._finish(None)
-
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(m.TERMINATE)
-            self.transport.close()  # connection_lost follows: a read in flight ends (None)
+        """The proxy stops: every shadow connection goes."""
+        self.links.close()
 
 
 class SessionShadow:
-    """One session's connection to the shadow store; one shadow read at a time."""
+    """One session's shadow reads: one at a time, on the link its settings share."""
 
     def __init__(self, reader: ShadowReader, params: dict[str, str], session: int) -> None:
         self.reader = reader
         self.params = params
+        self.settings = tuple(sorted(params.items()))
         self.session = session
-        self.link: _Link | None = None
-        self.prelude: tuple[str, ...] = ()  # the session settings the link carries
         self.busy = False
-        self.closing = False  # the session ended: close once the read in flight is done
-        self._current: tuple[ShadowRead, float, tuple[str, ...]] | None = None
+        self._sr: ShadowRead | None = None  # the read waiting for its link to open
+        self._prelude: tuple[str, ...] = ()
+        self._started = 0.0
 
     def start(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
         """The sampled read completed on the store that answered the client: run it
         on the other one (the slot taken by ``sample`` is released at the end)."""
-        link = self.link
-        if link is not None and link.usable and prelude == self.prelude:
-            self._send(link, sr, prelude)
-        else:  # (re)open with the session's current settings
-            _spawn(self._open_and_send(sr, prelude))
+        pool = self.reader.links
+        key = (self.settings, prelude)
+        link = pool.ready(key)
+        self._prelude = prelude
+        if link is not None:
+            self._send(link, sr)
+        else:  # opened with the session's current settings (or joined while it opens)
+            self._sr = sr
+            if not pool.open(key, self.params, self._opened):
+                self._sr = None
+                self.reader.count("shed")
+                self.release()
 
     def drop(self) -> None:
         """The sampled read failed on its own store: nothing to compare."""
         self.reader.abandon()
         self.busy = False
 
-    async def _open_and_send(self, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
-        self.close_link()
-        try:
-            link = await _Link.open(
-                self.reader.manager.connection(self.params), prelude, self.reader.sweeper
-            )
-        except (MirrorUnavailable, ProtocolError, OSError, TimeoutError) as exc:
+    def _opened(self, link: Link | None) -> None:
+        sr, self._sr = self._sr, None
+        if sr is None:
+            return
+        if link is None or not link.usable:
             self.reader.count("error")
-            log.info("shadow read on session %d: %s", self.session, exc)
             self.release()
             return
-        self.link, self.prelude = link, prelude
-        self._send(link, sr, prelude)  # also when the session has ended meanwhile
+        self._send(link, sr)
 
-    def _send(self, link: _Link, sr: ShadowRead, prelude: tuple[str, ...]) -> None:
-        self._current = (sr, perf_counter(), prelude)
-        link.send(link.request(sr), Digest(sr.digest.ordered), self._answered)
+    def _send(self, link: Link, sr: ShadowRead) -> None:
+        self._sr = sr
+        self._started = perf_counter()
+        request, bound = link.request(sr.sql, sr.parse_body, sr.bind_body)
+        link.send(request, Digest(sr.digest.ordered), self._answered, bound)
 
-    def _answered(self, theirs: Digest | None) -> None:
-        current, self._current = self._current, None
-        if current is None:
+    def _answered(self, theirs: Digest | None, other: float) -> None:
+        sr, self._sr = self._sr, None
+        if sr is None:
             return
-        sr, started, prelude = current
-        ours, other = started - sr.started, perf_counter() - started
+        ours = self._started - sr.started
         if theirs is None:  # lost, timed out or out of step
             self.reader.count("error")
             log.info("shadow read on session %d failed: the connection was lost", self.session)
-            self.close_link()
             self.release()
         elif self.reader.answered(sr, theirs, ours, other):
             self.release()
         else:
-            _spawn(self.reader.recheck(sr, self, prelude))
+            spawn(self.reader.recheck(sr, self, self._prelude))
 
-    def read(self, sr: ShadowRead) -> asyncio.Future[Digest]:
+    def read(self, sr: ShadowRead, prelude: tuple[str, ...]) -> asyncio.Future[Digest]:
         """The statement of ``sr`` once more on this session's link (re-checks)."""
-        link = self.link
+        link = self.reader.links.ready((self.settings, prelude))
         if link is None:
             fut: asyncio.Future[Digest] = asyncio.get_running_loop().create_future()
             fut.set_exception(MirrorUnavailable("the shadow connection is closed"))
             return fut
-        return link.ask(sr)
+        return link.ask(sr.sql, sr.parse_body, sr.bind_body, sr.digest.ordered)
 
     def release(self) -> None:
         self.reader.inflight -= 1
         self.busy = False
-        if self.closing:
-            self.close()
-
-    def close_link(self) -> None:
-        if self.link is not None:
-            self.link.close()
-            self.link = None
-
-    def close(self) -> None:
-        if self.busy:
-            self.closing = True
-            return
-        self.close_link()
-
-
-_TASKS: set[asyncio.Task[None]] = set()  # a task must be referenced until it ends
-
-
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
-
-
-def request_of(sr: ShadowRead) -> bytes:
-    """The bytes that run ``sr``'s statement unprepared: the client's own unnamed
-    Parse and Bind, or its query."""
-    if sr.parse_body is not None and sr.bind_body is not None:
-        return (
-            m.parse("", sr.parse_body)
-            + m.bind("", sr.bind_body)
-            + m.DESCRIBE_PORTAL_UNNAMED
-            + m.EXECUTE_UNNAMED_ALL
-            + m.SYNC
-        )
-    return m.query(sr.sql)

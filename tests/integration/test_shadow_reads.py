@@ -142,3 +142,78 @@ def test_a_statement_the_shadow_store_could_not_prepare_is_prepared_again(
             status = shadow_status(proxy, i)
         assert status["outcomes"] == {"mismatch": 1, "match": 3}, status
     assert len(proxy.divergences()) == 1
+
+
+def test_sessions_with_the_same_settings_share_one_shadow_connection(
+    pg_pair: PgPair, proxy_factory: Any
+) -> None:
+    """Four sessions, one shadow connection on the new store; a session with a
+    setting of its own (its SET replayed there) gets a second one."""
+    pg_pair.run_both("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    pg_pair.run_both("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 20) g")
+    proxy = proxy_factory(
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new), mode="shadow-read", shadow_read_fraction="1"
+    )
+
+    def shadow_backends() -> int:
+        with pg_pair.connect("new", autocommit=True) as c:
+            row = c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'SELECT v FROM t WHERE id = $1%'"
+            ).fetchone()
+            return int(row[0])
+
+    conns = [psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) for _ in range(4)]
+    try:
+        for i, conn in enumerate(conns, start=1):
+            got = conn.execute("SELECT v FROM t WHERE id = %s", (i,), prepare=True).fetchone()
+            assert got == (f"row {i}",)
+            shadow_status(proxy, i)
+        assert shadow_backends() == 1
+        conns[0].execute("SET TimeZone = 'Asia/Tokyo'")
+        conns[0].execute("SELECT v FROM t WHERE id = %s", (9,), prepare=True).fetchone()
+        status = shadow_status(proxy, 5)
+        assert shadow_backends() == 2
+        assert proxy.status()["shadow_reads"]["connections"] == 2
+    finally:
+        for conn in conns:
+            conn.close()
+    assert status["outcomes"] == {"match": 5}, status
+    assert proxy.divergences() == []
+
+
+def test_shadow_connections_are_bounded_by_the_reads_in_flight(
+    pg_pair: PgPair, proxy_factory: Any
+) -> None:
+    """Sessions that each SET a value of their own do not open a connection per
+    value: past SHADOW_SHADOW_READ_MAX_INFLIGHT links, the least recently used
+    idle one is closed to make room."""
+    pg_pair.run_both("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    pg_pair.run_both("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 20) g")
+    proxy = proxy_factory(
+        pg_dsn(pg_pair.old),
+        pg_dsn(pg_pair.new),
+        mode="shadow-read",
+        shadow_read_fraction="1",
+        shadow_read_max_inflight="2",
+    )
+    with psycopg.connect(proxy.dsn(pg_pair.old), autocommit=True) as conn:
+        for i in range(1, 6):
+            conn.execute(f"SET application_name = 'user {i}'")
+            assert conn.execute("SELECT v FROM t WHERE id = %s", (i,)).fetchone() == (f"row {i}",)
+            status = shadow_status(proxy, i)
+    assert status["outcomes"] == {"match": 5}, status
+    deadline = time.monotonic() + 5
+    with pg_pair.connect("new", autocommit=True) as c:
+        while True:
+            names = [
+                r[0]
+                for r in c.execute(
+                    "SELECT application_name FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name LIKE 'user %'"
+                ).fetchall()
+            ]
+            if len(names) <= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert sorted(names) == ["user 4", "user 5"], names
