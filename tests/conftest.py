@@ -32,10 +32,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SHADOWPROXY = str(Path(sys.executable).parent / "shadowproxy")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port not handed out before in this run: each probe socket
+    is closed at once, so two calls in a row may be offered the same port (a proxy
+    then found its admin port taken by its own listener)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def pytest_configure(config: pytest.Config) -> None:

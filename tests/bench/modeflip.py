@@ -65,6 +65,8 @@ def start_proxy(
     workdir: Path, old: str, new: str, control: str
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     port, admin = free_port(), free_port()
+    while admin == port:  # each probe socket is closed: the same port may come twice
+        admin = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
     env.update(
         SHADOW_LISTEN=f"127.0.0.1:{port}",
