@@ -165,10 +165,13 @@ class MirrorConnection:
         if not self.connected:
             raise MirrorUnavailable("mirror connection is closed")
         try:
-            if self.fresh and unit.prelude:
-                await asyncio.wait_for(self._run_prelude(unit.prelude), timeout)
-            self.fresh = False
-            return await asyncio.wait_for(self._apply(unit), timeout)
+            # asyncio.timeout, not wait_for: wait_for runs the apply as a task of its
+            # own, one more task and future per unit on the mirror's hot path.
+            async with asyncio.timeout(timeout):
+                if self.fresh and unit.prelude:
+                    await self._run_prelude(unit.prelude)
+                self.fresh = False
+                return await self._apply(unit)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ProtocolError) as exc:
             self.close()
             raise MirrorUnavailable(f"mirror connection lost: {exc!r}") from exc

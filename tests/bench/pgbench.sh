@@ -547,6 +547,16 @@ for mode in old-only dual-sync dual-async shadow-read read-new write-new; do
     div="$WORK/proxy-$mode/div.jsonl"
     echo "Proxy $mode divergence log: $( [[ -f $div ]] && wc -l <"$div" || echo 0) event(s) ($div)"
 done
+# How many reads were actually shadowed (and shed): the sampling the ratios paid for.
+for mode in shadow-read read-new write-new; do
+    has_target "$mode" || continue
+    shadow=$(curl -sf --max-time 5 "http://$HOST:${PROXY_ADMIN[$mode]}/status" | python3 -c '
+import json, sys
+s = json.load(sys.stdin).get("shadow_reads") or {}
+print(json.dumps(s.get("outcomes", {}), sort_keys=True), "- shadow connections open:", s.get("connections"))
+' 2>/dev/null || echo "unavailable")
+    echo "Proxy $mode shadow reads by outcome: $shadow"
+done
 echo "Raw results: $RESULTS_CSV"
 echo "Logs: $WORK"
 
