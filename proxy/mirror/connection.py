@@ -10,6 +10,7 @@ under names of its own (the client's names mean nothing here).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from struct import unpack_from
 from typing import Any
@@ -19,6 +20,8 @@ from proxy.wire.pg import BackendScanner, ProtocolError, Tracker, error_fields
 from proxy.wire.pg import messages as m
 from proxy.wire.pg._auth import ScramClient, md5_password
 from proxy.wire.pg._tracker import B, E, P, Q, S
+
+log = logging.getLogger(__name__)
 
 _STATEMENT_CACHE = 2000
 # Command tags of statements that drop every prepared statement of the connection.
@@ -172,9 +175,30 @@ class MirrorConnection:
                     await self._run_prelude(unit.prelude)
                 self.fresh = False
                 return await self._apply(unit)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ProtocolError) as exc:
+        except TimeoutError as exc:
+            # The store may still be running the unit (waiting on a lock, say): were
+            # it to commit after the unit went to the journal, replay would apply it
+            # twice.  Cancelled first, it rolls back (unless it was already committing).
+            await self.cancel()
+            self.close()
+            raise MirrorUnavailable(f"mirror store did not answer within {timeout:g}s") from exc
+        except (OSError, asyncio.IncompleteReadError, ProtocolError) as exc:
             self.close()
             raise MirrorUnavailable(f"mirror connection lost: {exc!r}") from exc
+
+    async def cancel(self) -> None:
+        """Cancel what the store runs for this connection (a CancelRequest sent on
+        a connection of its own, as the protocol asks)."""
+        if self.backend_key is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                _, writer = await asyncio.open_connection(*self._addr)
+                writer.write(m.cancel_request(*self.backend_key))
+                await writer.drain()
+                writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("mirror: cannot cancel the statement of a timed-out apply: %s", exc)
 
     async def _run_prelude(self, prelude: tuple[str, ...]) -> None:
         assert self._writer is not None

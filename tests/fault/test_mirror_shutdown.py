@@ -1,6 +1,7 @@
-"""Shutdown never drops what the mirror has not applied: with the mirror stuck
-(a lock held on the new store), every queued unit, the one being applied
-included, is in the journal when the manager stops, and replays later."""
+"""A stuck mirror (a lock held on the new store) never loses a unit: at
+shutdown every queued unit, the one being applied included, is in the journal
+and replays later; an apply past its timeout is cancelled on the store and
+replayed once."""
 
 from __future__ import annotations
 
@@ -26,20 +27,24 @@ def insert_unit(n: int) -> Unit:
     return Unit(1, n, False, (), [item], time.time())
 
 
-async def test_stop_journals_queued_and_in_flight_units(pg_pair: PgPair, tmp_path: Path) -> None:
-    pg_pair.run_both("CREATE TABLE t (n int PRIMARY KEY)")
-    config = MirrorConfig(
+def mirror_config(database: str, tmp_path: Path, apply_timeout: float) -> MirrorConfig:
+    return MirrorConfig(
         host=PG_HOST,
         port=PG_PORT,
         user=PG_USER,
         password=None,
-        database=pg_pair.new,
+        database=database,
         connect_timeout=5,
-        apply_timeout=60,
+        apply_timeout=apply_timeout,
         queue_max_units=100,
         queue_max_bytes=1 << 20,
         journal_dir=tmp_path / "journal",
     )
+
+
+async def test_stop_journals_queued_and_in_flight_units(pg_pair: PgPair, tmp_path: Path) -> None:
+    pg_pair.run_both("CREATE TABLE t (n int PRIMARY KEY)")
+    config = mirror_config(pg_pair.new, tmp_path, apply_timeout=60)
     divergences = DivergenceLog(tmp_path / "divergences.jsonl")
     with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=pg_pair.new) as lock:
         lock.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")  # the mirror's first apply blocks
@@ -71,3 +76,44 @@ async def test_stop_journals_queued_and_in_flight_units(pg_pair: PgPair, tmp_pat
         assert c.execute("SELECT array_agg(n ORDER BY n) FROM t").fetchone() == (
             list(range(1, UNITS + 1)),
         )
+
+
+async def test_an_apply_past_its_timeout_goes_to_the_journal_and_replays(
+    pg_pair: PgPair, tmp_path: Path
+) -> None:
+    """A mirror store that does not answer (a lock held there) fails the apply
+    after SHADOW_MIRROR_APPLY_TIMEOUT: the statement is cancelled on the store,
+    the manager switches to the journal, and once the lock is gone the replayer
+    applies every unit once, in order."""
+    pg_pair.run_both("CREATE TABLE t (n int PRIMARY KEY)")
+    config = mirror_config(pg_pair.new, tmp_path, apply_timeout=0.5)
+    divergences = DivergenceLog(tmp_path / "divergences.jsonl")
+    manager = MirrorManager(config, divergences)
+    try:
+        with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=pg_pair.new) as lock:
+            lock.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+            manager.start()
+            session = manager.open_session(1, {})
+            started = time.monotonic()
+            for n in range(1, UNITS + 1):
+                session.submit(insert_unit(n))
+            while not manager.journaling:
+                assert time.monotonic() - started < 10, "the apply never timed out"
+                await asyncio.sleep(0.02)
+            assert manager.journal_reason == "lost"  # the apply failed: connection dropped
+            assert time.monotonic() - started >= 0.5
+            lock.rollback()
+        deadline = time.monotonic() + 20
+        while not manager.drained():
+            assert time.monotonic() < deadline, manager.status()
+            await asyncio.sleep(0.05)
+    finally:
+        await manager.stop(timeout=2)
+        divergences.close()
+    with pg_pair.connect("new") as c:
+        assert c.execute("SELECT array_agg(n ORDER BY n) FROM t").fetchone() == (
+            list(range(1, UNITS + 1)),
+        )
+    # Cancelled on the store when it timed out, the first apply did not commit
+    # behind the journal's back: the replay applied every unit once.
+    assert (tmp_path / "divergences.jsonl").read_text() == ""
