@@ -147,6 +147,7 @@ class ShadowReader:
         self.counts: dict[str, int] = {}
         # Shadow connections, shared by sessions with the same settings (shadow_link.py).
         self.links = LinkPool(manager.connection, max_inflight)
+        self._rechecks: set[asyncio.Task[None]] = set()
         self._random = random.Random()
         # Every mirror of the process (set by the server): re-checks wait for them.
         self.managers: list[MirrorManager] = [manager]
@@ -183,6 +184,13 @@ class ShadowReader:
             self.count("match")
             return True
         return False
+
+    def spawn_recheck(
+        self, sr: ShadowRead, shadow: SessionShadow, prelude: tuple[str, ...]
+    ) -> None:
+        task = spawn(self.recheck(sr, shadow, prelude))
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
 
     async def recheck(
         self, sr: ShadowRead, shadow: SessionShadow, prelude: tuple[str, ...]
@@ -244,7 +252,10 @@ class ShadowReader:
             link.close()
 
     def close(self) -> None:
-        """The proxy stops: every shadow connection goes."""
+        """The proxy stops: re-checks under way are cancelled, every shadow
+        connection goes."""
+        for task in self._rechecks:
+            task.cancel()
         self.links.close()
 
 
@@ -310,7 +321,7 @@ class SessionShadow:
         elif self.reader.answered(sr, theirs, ours, other):
             self.release()
         else:
-            spawn(self.reader.recheck(sr, self, self._prelude))
+            self.reader.spawn_recheck(sr, self, self._prelude)
 
     def read(self, sr: ShadowRead, prelude: tuple[str, ...]) -> asyncio.Future[Digest]:
         """The statement of ``sr`` once more on this session's link (re-checks)."""

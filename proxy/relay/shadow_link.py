@@ -307,6 +307,7 @@ class LinkPool:
         self.links: dict[LinkKey, Link] = {}
         # Links being opened: who waits for each (called with the link, or None).
         self.opening: dict[LinkKey, list[Callable[[Link | None], None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # the opens under way
         self.last_error = ""
 
     def ready(self, key: LinkKey) -> Link | None:
@@ -326,7 +327,9 @@ class LinkPool:
         if len(self.links) + len(self.opening) >= self.max_links and not self._evict():
             return False
         self.opening[key] = [then]
-        spawn(self._open(key, params))
+        task = spawn(self._open(key, params))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return True
 
     def _evict(self) -> bool:
@@ -357,6 +360,10 @@ class LinkPool:
                 del self.links[key]
 
     def close(self) -> None:
+        """The proxy stops: opens under way are cancelled, open links closed."""
+        for task in self._tasks:
+            task.cancel()
+        self.opening.clear()
         self.sweeper.close()
         self.links.clear()
 
@@ -364,7 +371,8 @@ class LinkPool:
 _TASKS: set[asyncio.Task[None]] = set()  # a task must be referenced until it ends
 
 
-def spawn(coro: Coroutine[Any, Any, None]) -> None:
+def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     task = asyncio.get_running_loop().create_task(coro)
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
+    return task

@@ -160,3 +160,25 @@ async def test_a_statement_is_prepared_once_and_prepared_again_after_an_error() 
     assert third.startswith(m.parse("shadowproxy_s1", parse_body))
     # A query is sent as it is.
     assert link.request("SELECT 1", None, None) == (m.query("SELECT 1"), None)
+
+
+async def test_closing_the_pool_cancels_a_connection_being_opened() -> None:
+    """At shutdown a shadow connection still being opened (here the store never
+    answers the startup) is abandoned, not left to finish after the proxy."""
+    from proxy.mirror.connection import MirrorConnection
+    from proxy.relay.shadow_link import LinkPool
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = LinkPool(lambda params: MirrorConnection("127.0.0.1", port, "u", None, "d", params), 2)
+    called: list[Link | None] = []
+    assert pool.open(((), ()), {}, called.append)
+    await asyncio.sleep(0.1)
+    [task] = pool._tasks
+    pool.close()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled() and not pool.opening and not pool.links and called == []
+    server.close()
