@@ -28,6 +28,19 @@ _STATEMENT_CACHE = 2000
 _DROPS_STATEMENTS = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 
 
+async def send_cancel(host: str, port: int, process_id: int, secret: bytes, timeout: float) -> None:
+    """A CancelRequest for a store's backend, on a connection of its own (as the
+    protocol asks); a store that cannot be reached is logged, nothing more."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.write(m.cancel_request(process_id, secret))
+            await writer.drain()
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        log.warning("could not send a cancel request to %s:%d: %s", host, port, exc)
+
+
 class MirrorUnavailable(Exception):
     """The mirror store cannot be reached or the connection broke."""
 
@@ -187,18 +200,9 @@ class MirrorConnection:
             raise MirrorUnavailable(f"mirror connection lost: {exc!r}") from exc
 
     async def cancel(self) -> None:
-        """Cancel what the store runs for this connection (a CancelRequest sent on
-        a connection of its own, as the protocol asks)."""
-        if self.backend_key is None:
-            return
-        try:
-            async with asyncio.timeout(self._timeout):
-                _, writer = await asyncio.open_connection(*self._addr)
-                writer.write(m.cancel_request(*self.backend_key))
-                await writer.drain()
-                writer.close()
-        except (OSError, TimeoutError) as exc:
-            log.warning("mirror: cannot cancel the statement of a timed-out apply: %s", exc)
+        """Cancel what the store runs for this connection."""
+        if self.backend_key is not None:
+            await send_cancel(self._addr[0], self._addr[1], *self.backend_key, self._timeout)
 
     async def _run_prelude(self, prelude: tuple[str, ...]) -> None:
         assert self._writer is not None

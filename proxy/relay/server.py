@@ -23,6 +23,7 @@ from proxy.classify import Kind
 from proxy.control.admin import start_admin
 from proxy.control.controller import SUPERSEDED, ModeController
 from proxy.control.statefile import ModeState
+from proxy.mirror.connection import send_cancel
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.manager import MirrorConfig, MirrorManager
 from proxy.mirror.sequences import sync_sequences
@@ -30,7 +31,6 @@ from proxy.relay.client import ClientSession
 from proxy.relay.shadow import ShadowReader
 from proxy.routing import Mode, Store
 from proxy.settings import Dsn, Settings
-from proxy.wire.pg import messages as m
 
 log = logging.getLogger(__name__)
 
@@ -257,13 +257,7 @@ class ProxyServer:
         s.forward_cancel()
 
     async def send_cancel(self, dsn: Dsn, process_id: int, secret: bytes) -> None:
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(dsn.host, dsn.port), 5.0)
-            w.write(m.cancel_request(process_id, secret))
-            await w.drain()
-            w.close()
-        except (TimeoutError, OSError) as exc:
-            log.warning("could not forward a cancel request: %s", exc)
+        await send_cancel(dsn.host, dsn.port, process_id, secret, 5.0)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -11,8 +11,9 @@ same text, same parameter and result formats -- goes to the other store on the
 shadow connection of the session's settings (shadow_link.py: shared by every
 session with the same settings, pipelined, digesting the answer the same way
 as its bytes arrive), and the two digests are compared in a callback: no task
-or stream per read.  A difference is checked again on both stores by a background task
-(a write may have landed between the two reads); one that persists is a
+or stream per read.  A difference is checked again on both stores by a
+background task (a write may have landed between the two reads); one that
+persists is a
 ``read`` divergence with the statement's fingerprint.  Both stores' latencies
 are recorded per fingerprint: the performance parity table of /status and the
 ``shadowproxy_shadow_read_latency_seconds`` histogram.  When too many shadow
@@ -268,7 +269,7 @@ class SessionShadow:
         self.settings = tuple(sorted(params.items()))
         self.session = session
         self.busy = False
-        self._sr: ShadowRead | None = None  # the read waiting for its link to open
+        self._sr: ShadowRead | None = None  # the read in flight (or waiting for its link)
         self._prelude: tuple[str, ...] = ()
         self._started = 0.0
 

@@ -98,20 +98,8 @@ class Digest:
 # The digested answer (None: the link was lost or timed out) and the read's time
 # on the store.
 Done = Callable[[Digest | None, float], None]
-
-
-def unprepared(sql: str, parse_body: bytes | None, bind_body: bytes | None) -> bytes:
-    """The bytes that run a statement unprepared: the client's own Parse and Bind
-    on the unnamed statement, or its query."""
-    if parse_body is not None and bind_body is not None:
-        return (
-            m.parse("", parse_body)
-            + m.bind("", bind_body)
-            + m.DESCRIBE_PORTAL_UNNAMED
-            + m.EXECUTE_UNNAMED_ALL
-            + m.SYNC
-        )
-    return m.query(sql)
+# After the Bind: describe, run and end the unnamed portal (built once).
+_RUN_PORTAL = m.DESCRIBE_PORTAL_UNNAMED + m.EXECUTE_UNNAMED_ALL + m.SYNC
 
 
 class Sweeper:
@@ -201,21 +189,14 @@ class Link(asyncio.Protocol):
         if parse_body is None or bind_body is None:
             return m.query(sql), None
         name = self.statements.get(parse_body)
-        head = b""
-        if name is None:
-            if self.named >= _LINK_STATEMENTS:
-                return unprepared(sql, parse_body, bind_body), None
-            name = f"shadowproxy_s{self.named}"
-            self.named += 1
-            self.statements[parse_body] = name
-            head = m.parse(name, parse_body)
-        request = (
-            head
-            + m.bind(name, bind_body)
-            + m.DESCRIBE_PORTAL_UNNAMED
-            + m.EXECUTE_UNNAMED_ALL
-            + m.SYNC
-        )
+        if name is not None:
+            return m.bind(name, bind_body) + _RUN_PORTAL, parse_body
+        if self.named >= _LINK_STATEMENTS:  # full: parsed as the client's unnamed one
+            return m.parse("", parse_body) + m.bind("", bind_body) + _RUN_PORTAL, None
+        name = f"shadowproxy_s{self.named}"
+        self.named += 1
+        self.statements[parse_body] = name
+        request = m.parse(name, parse_body) + m.bind(name, bind_body) + _RUN_PORTAL
         return request, parse_body
 
     def send(self, request: bytes, digest: Digest, done: Done, bound: bytes | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from proxy.relay.shadow_link import Digest, Link, Sweeper
 from proxy.wire.pg import messages as m
+from proxy.wire.pg import split_messages
 
 
 def _answer(value: bytes) -> bytes:
@@ -26,18 +27,11 @@ ANSWER = _answer(b"7")
 
 def _expected(answer: bytes) -> Digest:
     d = Digest(False)
-    for t, body in _messages(answer):
-        d.take(t, body)
+    messages, rest = split_messages(answer)
+    assert rest == b""
+    for t, raw in messages:
+        d.take(t, raw[5:])
     return d
-
-
-def _messages(data: bytes) -> list[tuple[int, bytes]]:
-    out, pos = [], 0
-    while pos < len(data):
-        n = int.from_bytes(data[pos + 1 : pos + 5], "big")
-        out.append((data[pos], data[pos + 5 : pos + 1 + n]))
-        pos += 1 + n
-    return out
 
 
 def _settle(fut: asyncio.Future[tuple[Digest | None, float]]) -> Any:
@@ -158,6 +152,12 @@ async def test_a_statement_is_prepared_once_and_prepared_again_after_an_error() 
     link._answered()
     third, _ = link.request("SELECT v FROM t WHERE id = $1", parse_body, bind_body)
     assert third.startswith(m.parse("shadowproxy_s1", parse_body))
+    # Past the link's bound a new statement is parsed unnamed, on every read.
+    link.named = 64
+    other = b"SELECT w FROM t WHERE id = $1\x00\x00\x01\x00\x00\x00\x17"
+    full, bound = link.request("SELECT w FROM t WHERE id = $1", other, bind_body)
+    assert full.startswith(m.parse("", other) + m.bind("", bind_body)) and bound is None
+    assert other not in link.statements
     # A query is sent as it is.
     assert link.request("SELECT 1", None, None) == (m.query("SELECT 1"), None)
 
