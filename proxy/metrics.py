@@ -17,7 +17,12 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -95,8 +100,10 @@ class _HotMetric(Collector):
         return child
 
     def collect(self) -> Iterable[Metric]:
-        if self.kind == "counter":
-            family: Metric = CounterMetricFamily(self.name, self.doc, labels=self.label_names)
+        if self.kind == "counter" or self.kind == "gauge":
+            family: Metric = (CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily)(
+                self.name, self.doc, labels=self.label_names
+            )
             for values, child in list(self.children.items()):
                 family.add_metric(list(values), child.value)  # type: ignore[attr-defined]
         else:
@@ -143,27 +150,32 @@ STATEMENT_ERRORS = _HotMetric(
     ["store"],
     "counter",
 )
-MIRROR_QUEUE_DEPTH = Gauge(
+# Moved on every mirrored unit: lock-free, like the relay's own.
+MIRROR_QUEUE_DEPTH = _HotMetric(
     "shadowproxy_mirror_queue_depth",
     "Mirror units waiting in the in-memory session queues.",
-    registry=REGISTRY,
-)
-MIRROR_LAG = Histogram(
+    [],
+    "gauge",
+).labels()
+MIRROR_LAG = _HotMetric(
     "shadowproxy_mirror_lag_seconds",
     "Time from the authoritative commit of a unit to its apply on the mirror store.",
-    buckets=_LAG_BUCKETS,
-    registry=REGISTRY,
-)
-MIRROR_APPLIED = Counter(
-    "shadowproxy_mirror_applied_units_total",
+    [],
+    "histogram",
+    _LAG_BUCKETS,
+).labels()
+MIRROR_APPLIED = _HotMetric(
+    "shadowproxy_mirror_applied_units",
     "Mirror units (one transaction or one autocommit statement) applied to the mirror store.",
-    registry=REGISTRY,
-)
-MIRROR_STATEMENTS = Counter(
-    "shadowproxy_mirror_statements_total",
+    [],
+    "counter",
+).labels()
+MIRROR_STATEMENTS = _HotMetric(
+    "shadowproxy_mirror_statements",
     "Statements applied to the mirror store.",
-    registry=REGISTRY,
-)
+    [],
+    "counter",
+).labels()
 MIRROR_FAILURES = Counter(
     "shadowproxy_mirror_failures_total",
     "Mirror units that could not be applied live, by reason "

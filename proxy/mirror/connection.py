@@ -5,12 +5,20 @@ cleartext, md5 or SCRAM-SHA-256), then applies units: every item of a unit is
 written in one pipeline and the answers are read back with the same sans-IO
 tracker the relay uses.  Statement texts are prepared once per connection
 under names of its own (the client's names mean nothing here).
+
+Authentication reads the socket as a stream; the first apply hands it to a
+Protocol that takes answers as they arrive and calls the unit's callback once
+the store has answered all of it (``start``; ``apply`` awaits the same).  A
+unit's deadline is checked by one timer per connection, re-armed lazily, not
+by a timer per unit.  Shadow reads use the stream side only (``write``,
+``read_message``, ``detach``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from struct import unpack_from
 from typing import Any
@@ -26,6 +34,11 @@ log = logging.getLogger(__name__)
 _STATEMENT_CACHE = 2000
 # Command tags of statements that drop every prepared statement of the connection.
 _DROPS_STATEMENTS = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+# What the connection waits for: the unit's answers, the ROLLBACK of a unit that
+# failed inside its transaction, the Close of prepared statements over the cache.
+_APPLY, _ROLLBACK, _TRIM = range(3)
+# Tasks that cancel a timed-out apply on the store (kept until they finish).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 async def send_cancel(host: str, port: int, process_id: int, secret: bytes, timeout: float) -> None:
@@ -52,6 +65,10 @@ class ItemResult:
     skipped: bool = False
 
 
+# Results of an applied unit (one per item), or why it could not be applied.
+Applied = Callable[[list["ItemResult"] | None, "MirrorUnavailable | None"], None]
+
+
 class MirrorConnection:
     def __init__(
         self,
@@ -75,9 +92,23 @@ class MirrorConnection:
         self._next_name = 0
         self.fresh = True  # session state (prelude) not yet applied
         self.backend_key: tuple[int, bytes] | None = None
+        # Once units are applied (see start): the socket, read by a Protocol.
+        self._transport: asyncio.Transport | None = None
+        self._keep: object = None
+        self._scanner = BackendScanner()
+        self._tracker: Tracker | None = None
+        self._completions: list[Any] = []
+        self._results: list[ItemResult] = []
+        self._phase = _APPLY
+        self._done: Applied | None = None
+        self._apply_timeout = 0.0
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
+        if self._transport is not None:
+            return not self._transport.is_closing()
         return self._writer is not None and not self._writer.is_closing()
 
     async def connect(self) -> None:
@@ -165,58 +196,101 @@ class MirrorConnection:
         self.fresh = False
 
     def close(self) -> None:
-        if self._writer is not None:
+        """Close the socket; an apply in flight is given up (its callback is dropped)."""
+        for closing in (self._writer, self._transport):
+            if closing is None:
+                continue
             try:
-                if not self._writer.is_closing():
-                    self._writer.write(m.TERMINATE)
-                self._writer.close()
+                if not closing.is_closing():
+                    closing.write(m.TERMINATE)
+                closing.close()
             except (OSError, RuntimeError):
                 pass
         self._writer = None
         self._reader = None
+        self._transport = None
+        self._keep = None
+        self._done = None
+        self._tracker = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._statements.clear()
+
+    # -- applying units (the socket read by a Protocol) ------------------------------------
 
     async def apply(self, unit: Unit, timeout: float) -> list[ItemResult]:
         """Apply one unit; return one result per item.  Raises MirrorUnavailable."""
         if not self.connected:
             raise MirrorUnavailable("mirror connection is closed")
+        future: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+
+        def applied(results: list[ItemResult] | None, exc: MirrorUnavailable | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                assert results is not None
+                future.set_result(results)
+
+        self.start(unit, timeout, applied)
         try:
-            # asyncio.timeout, not wait_for: wait_for runs the apply as a task of its
-            # own, one more task and future per unit on the mirror's hot path.
-            async with asyncio.timeout(timeout):
-                if self.fresh and unit.prelude:
-                    await self._run_prelude(unit.prelude)
-                self.fresh = False
-                return await self._apply(unit)
-        except TimeoutError as exc:
-            # The store may still be running the unit (waiting on a lock, say): were
-            # it to commit after the unit went to the journal, replay would apply it
-            # twice.  Cancelled first, it rolls back (unless it was already committing).
-            await self.cancel()
-            self.close()
-            raise MirrorUnavailable(f"mirror store did not answer within {timeout:g}s") from exc
-        except (OSError, asyncio.IncompleteReadError, ProtocolError) as exc:
-            self.close()
-            raise MirrorUnavailable(f"mirror connection lost: {exc!r}") from exc
+            return await future
+        except asyncio.CancelledError:
+            self.close()  # the unit's answers would reach nobody
+            raise
 
-    async def cancel(self) -> None:
-        """Cancel what the store runs for this connection."""
-        if self.backend_key is not None:
-            await send_cancel(self._addr[0], self._addr[1], *self.backend_key, self._timeout)
-
-    async def _run_prelude(self, prelude: tuple[str, ...]) -> None:
-        assert self._writer is not None
-        tracker = Tracker()
-        for sql in prelude:
-            self._writer.write(m.query(sql))
-            tracker.request(Q)
-        await self._drain_answers(tracker)
-
-    async def _apply(self, unit: Unit) -> list[ItemResult]:
-        assert self._writer is not None
-        results = [ItemResult() for _ in unit.items]
+    def start(self, unit: Unit, timeout: float, done: Applied) -> None:
+        """Send ``unit`` in one pipeline; ``done`` gets the results (or the failure)
+        once the store has answered all of it.  One unit at a time: a unit that
+        failed inside its transaction is rolled back before the next one."""
+        if self._done is not None:
+            raise RuntimeError("a unit is already being applied on this connection")
+        loop = asyncio.get_running_loop()
+        try:
+            transport = self._transport or self._take_over()
+        except (MirrorUnavailable, ProtocolError) as exc:
+            loop.call_soon(done, None, MirrorUnavailable(f"mirror connection lost: {exc}"))
+            return
         tracker = Tracker()
         out: list[bytes] = []
+        if self.fresh:
+            for sql in unit.prelude:  # the session's state, first on a new connection
+                out.append(m.query(sql))
+                tracker.request(Q)
+        self.fresh = False
+        self._results = self._pipeline(unit, tracker, out)
+        self._tracker = tracker
+        self._completions = []
+        self._phase = _APPLY
+        self._done = done
+        self._apply_timeout = timeout
+        self._deadline = loop.time() + timeout
+        if self._timer is None:
+            # One timer per connection, not per unit: it fires at the first
+            # deadline and re-arms for the unit then in flight, if any.
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+        transport.write(b"".join(out))
+
+    def _take_over(self) -> asyncio.Transport:
+        """From now on the socket is read by a Protocol: answers are taken as they
+        arrive, without a coroutine step or a StreamReader read per chunk."""
+        writer, reader = self._writer, self._reader
+        if writer is None or reader is None or writer.is_closing():
+            raise MirrorUnavailable("connection is closed")
+        if reader._buffer:  # type: ignore[attr-defined]  # nothing may be left unread
+            raise ProtocolError("unread data on the mirror connection")
+        transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
+        self._keep = writer  # a StreamWriter closes its transport when collected
+        transport.set_protocol(_Answers(self))
+        self._transport = transport
+        self._writer = None
+        self._reader = None
+        return transport
+
+    def _pipeline(self, unit: Unit, tracker: Tracker, out: list[bytes]) -> list[ItemResult]:
+        results = [ItemResult() for _ in unit.items]
         extended_open = False
         for idx, item in enumerate(unit.items):
             if item.kind is ItemKind.EXECUTE:
@@ -246,8 +320,63 @@ class MirrorConnection:
         if extended_open:
             out.append(m.SYNC)
             tracker.request(S)
-        self._writer.write(b"".join(out))
-        for done in await self._drain_answers(tracker):
+        return results
+
+    def _answers(self, data: bytes) -> None:
+        tracker = self._tracker
+        if tracker is None:
+            return  # nothing asked (a notice, or the answers of an apply given up)
+        try:
+            for t, body in self._scanner.feed(data):
+                if t == 0x53 or t == 0x4B:  # ParameterStatus, BackendKeyData
+                    continue
+                self._completions.extend(tracker.response(t, body))
+        except ProtocolError as exc:
+            self._fail(f"mirror connection lost: {exc!r}")
+            return
+        if not tracker.pending:
+            self._phase_done()
+
+    def _phase_done(self) -> None:
+        transport = self._transport
+        assert transport is not None and self._tracker is not None
+        if self._phase == _APPLY:
+            self._collect(self._completions)
+            if self._tracker.status != ord("I"):
+                # An error inside an explicit transaction left it open on the mirror.
+                self._ask(_ROLLBACK, m.query("ROLLBACK"), [Q])
+                return
+        if self._phase != _TRIM and len(self._statements) > _STATEMENT_CACHE:
+            out, kinds = [], []
+            for body in list(self._statements)[: _STATEMENT_CACHE // 2]:
+                out.append(m.close_statement(self._statements.pop(body)))
+                kinds.append(ord("C"))
+            out.append(m.SYNC)
+            kinds.append(S)
+            self._ask(_TRIM, b"".join(out), kinds)
+            return
+        done, results = self._done, self._results
+        self._done = None
+        self._tracker = None
+        self._completions = []
+        self._results = []
+        if done is not None:
+            done(results, None)
+
+    def _ask(self, phase: int, raw: bytes, kinds: list[int]) -> None:
+        """One more round on the connection before the unit counts as applied."""
+        tracker = Tracker()
+        for kind in kinds:
+            tracker.request(kind)
+        self._tracker = tracker
+        self._completions = []
+        self._phase = phase
+        assert self._transport is not None
+        self._transport.write(raw)
+
+    def _collect(self, completions: list[Any]) -> None:
+        results = self._results
+        for done in completions:
             req = done.request
             token: Any = req.token
             if isinstance(token, int):
@@ -262,15 +391,57 @@ class MirrorConnection:
                     self._statements.clear()
             elif isinstance(token, tuple) and (req.error is not None or req.skipped):
                 self._statements.pop(token[1], None)  # the Parse did not take
-        if tracker.status != ord("I"):
-            # An error inside an explicit transaction left it open on the mirror.
-            self._writer.write(m.query("ROLLBACK"))
-            rollback = Tracker()
-            rollback.request(Q)
-            await self._drain_answers(rollback)
-        if len(self._statements) > _STATEMENT_CACHE:
-            await self._trim_statements()
-        return results
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        done = self._done
+        if done is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._done = None
+        self._tracker = None
+        task = loop.create_task(self._time_out(done, self._apply_timeout))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _time_out(self, done: Applied, timeout: float) -> None:
+        # The store may still be running the unit (waiting on a lock, say): were it
+        # to commit after the unit went to the journal, replay would apply it twice.
+        # Cancelled first, it rolls back (unless it was already committing).
+        try:
+            await self.cancel()
+        finally:
+            self.close()
+            done(None, MirrorUnavailable(f"mirror store did not answer within {timeout:g}s"))
+
+    def _fail(self, reason: str) -> None:
+        done = self._done
+        self._done = None
+        self.close()
+        if done is not None:
+            done(None, MirrorUnavailable(reason))
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._keep = None
+        self._statements.clear()
+        self._fail(f"mirror connection lost: {exc!r}" if exc else "mirror store closed the connection")
+
+    async def cancel(self) -> None:
+        """Cancel what the store runs for this connection."""
+        if self.backend_key is not None:
+            await send_cancel(self._addr[0], self._addr[1], *self.backend_key, self._timeout)
+
+    async def _run_prelude(self, prelude: tuple[str, ...]) -> None:
+        assert self._writer is not None
+        tracker = Tracker()
+        for sql in prelude:
+            self._writer.write(m.query(sql))
+            tracker.request(Q)
+        await self._drain_answers(tracker)
 
     async def _drain_answers(self, tracker: Tracker) -> list[Any]:
         assert self._reader is not None
@@ -286,12 +457,18 @@ class MirrorConnection:
                 completions.extend(tracker.response(t, body))
         return completions
 
-    async def _trim_statements(self) -> None:
-        assert self._writer is not None
-        tracker = Tracker()
-        for body in list(self._statements)[: _STATEMENT_CACHE // 2]:
-            self._writer.write(m.close_statement(self._statements.pop(body)))
-            tracker.request(ord("C"))
-        self._writer.write(m.SYNC)
-        tracker.request(S)
-        await self._drain_answers(tracker)
+
+class _Answers(asyncio.Protocol):
+    """Hands the mirror store's answers to their connection."""
+
+    def __init__(self, conn: MirrorConnection) -> None:
+        self.conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        self.conn._answers(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn._lost(exc)

@@ -1,18 +1,18 @@
-"""Per-session mirror queues, their workers, and the journal fallback.
+"""Per-session mirror queues, the commit order across them, and the journal fallback.
 
-How this works: each client session owns a ``SessionMirror``: an ordered queue
-of units and one worker task that applies them on the session's own mirror
+How this works: each client session owns a ``SessionMirror`` (session.py): an
+ordered queue of units applied one at a time on the session's own mirror
 connection.  Every unit gets its place in the authoritative commit order
 (``order``) when it is submitted, and remembers the last order committed before
-its transaction began (``after``).  A worker applies its head unit only once
-every unit up to ``after`` has been applied (the ``watermark``): a transaction
+its transaction began (``after``).  A session applies its head unit only
+once every unit up to ``after`` has been applied (the ``watermark``): a transaction
 that started after another one committed -- the next request of a connection
 pool, a second ``pgbench -i`` -- reaches the mirror after it, whichever
 sessions ran them.  Concurrent transactions still apply in parallel.
 
 Whenever a unit cannot be applied live (the mirror store is down, the
 connection broke, the queue is over its bound) the manager switches to
-*journaling*: workers stop starting applies; once the applies in flight have
+*journaling*: sessions stop starting applies; once the applies in flight have
 finished, every queued unit of every session is written to the durable
 journal in commit order, later units are appended directly, and the replayer
 applies the journal serially (so in commit order) until it is empty; then live
@@ -28,19 +28,18 @@ import contextlib
 import logging
 import time
 import weakref
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from proxy import metrics
-from proxy.classify import Kind, classify, fingerprint, tables_of
 from proxy.mirror.activity import ACTIVITY
-from proxy.mirror.connection import ItemResult, MirrorConnection, MirrorUnavailable
+from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.journal import Journal
 from proxy.mirror.pinning import CATALOG_SQL, Pinner, build_catalog
 from proxy.mirror.sequences import Endpoint, SequenceSync, connect_endpoint
+from proxy.mirror.session import SessionMirror, check_results  # noqa: F401 (replay)
 from proxy.mirror.unit import Unit
 from proxy.settings import Settings
 
@@ -97,38 +96,6 @@ class MirrorConfig:
         )
 
 
-def check_results(unit: Unit, results: list[ItemResult], divergences: DivergenceLog) -> bool:
-    """Compare the mirror's answers with the authoritative ones; True if all agree."""
-    clean = True
-    for item, res in zip(unit.items, results, strict=True):
-        failed = res.error is not None or res.skipped
-        if not failed and (res.tags == item.tags or not item.tags):
-            # No tag on the authoritative side: a portal the client left suspended
-            # (rows fetched with a limit, never run to the end); nothing to compare.
-            continue
-        where = {
-            "session": unit.session_id,
-            "seq": unit.seq,
-            "fingerprint": fingerprint(item.sql),
-            "tables": list(tables_of(item.sql)),
-            "old": item.tags,
-        }
-        if failed:
-            error = res.error or {}
-            divergences.record(
-                "error",
-                **where,
-                new_error={
-                    "sqlstate": error.get("C", ""),
-                    "message": error.get("M", "skipped after an earlier error"),
-                },
-            )
-            return False  # the rest of the unit did not run (or was rolled back)
-        divergences.record("rowcount", **where, new=res.tags)
-        clean = False
-    return clean
-
-
 _MANAGERS: weakref.WeakSet[MirrorManager] = weakref.WeakSet()
 
 
@@ -150,6 +117,8 @@ class MirrorManager:
         self.journaling = self.journal.pending() > 0
         self.direct = self.journaling
         self.sessions: dict[int, SessionMirror] = {}
+        # Sessions whose head unit waits for the watermark or for live mirroring.
+        self.blocked: set[SessionMirror] = set()
         self.queued_units = 0
         self.queued_bytes = 0
         self.inflight = 0
@@ -254,22 +223,25 @@ class MirrorManager:
                 return
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Let workers drain their queues, then journal whatever is left.
+        """Let sessions apply their queues, then journal whatever is left.
 
-        Every queued unit is journaled before any task is cancelled; a worker
-        cancelled mid-apply journals its own queue on the way out (its unit
-        may then be applied twice: replay is at-least-once).
+        Every queued unit is journaled (the ones in flight included) before any
+        connection is closed; a unit given up mid-apply may then be applied
+        twice (replay is at-least-once).
         """
         for task in (self._sequences, self._catalog_task):
             if task is not None:  # background readers: nothing of theirs to drain
                 task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        waits = [*self._tasks, *(sm.ended for sm in self.sessions.values())]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
         self.start_journaling("shutdown")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         self._spill_all("shutdown")
         self.direct = True
+        for sm in list(self.sessions.values()):
+            sm.end()
         tasks = [*self._tasks, *([self._replayer] if self._replayer else [])]
         for task in tasks:
             task.cancel()
@@ -321,6 +293,10 @@ class MirrorManager:
     def _pulse(self) -> None:
         self._progress.set()
         self._progress = asyncio.Event()
+        if self.blocked:
+            blocked, self.blocked = self.blocked, set()
+            for sm in blocked:
+                sm.kick()
 
     async def wait_progress(self) -> None:
         await self._progress.wait()
@@ -473,120 +449,3 @@ class MirrorManager:
             "sequences_error": self.sequences_error,
             "parked": self.parked,
         }
-
-
-class SessionMirror:
-    """One client session's ordered mirror queue and its worker."""
-
-    def __init__(self, manager: MirrorManager, session_id: int, params: dict[str, str]) -> None:
-        self.manager = manager
-        self.session_id = session_id
-        self.params = params
-        self.queue: deque[Unit] = deque()
-        self.conn: MirrorConnection | None = None
-        self._ready = asyncio.Event()
-        self._closing = False
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        manager.track(self._task)
-
-    def submit(self, unit: Unit) -> None:
-        self.manager.submit(self, unit)
-
-    def submit_sync(self, unit: Unit) -> asyncio.Future[bool]:
-        """Queue ``unit`` and return a future resolved once it is applied (True)
-        or journaled (False); the relay holds the authoritative commit until then."""
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.manager.submit(self, unit, waiter)
-        return waiter
-
-    @property
-    def idle(self) -> bool:
-        """Every unit of this session is applied (a unit leaves the queue once applied)."""
-        return not self.queue
-
-    def enqueue(self, unit: Unit) -> None:
-        self.queue.append(unit)
-        self._account(1, unit.size)
-        self._ready.set()
-
-    def _account(self, units: int, size: int) -> None:
-        self.manager.queued_units += units
-        self.manager.queued_bytes += size
-        # Every unit passes here twice: the gauge moves by the difference (both
-        # directions' queues add up), not by a walk over the managers.
-        metrics.MIRROR_QUEUE_DEPTH.inc(units)
-
-    def take_all(self) -> list[Unit]:
-        units = list(self.queue)
-        self.queue.clear()
-        self._account(-len(units), -sum(u.size for u in units))
-        return units
-
-    def wake(self) -> None:
-        self._ready.set()
-
-    def close(self) -> None:
-        """The client left: finish the queue, then close the connection."""
-        self._closing = True
-        self._ready.set()
-
-    async def _run(self) -> None:
-        m = self.manager
-        try:
-            while True:
-                if not self.queue:
-                    if self._closing:
-                        return
-                    self._ready.clear()
-                    await self._ready.wait()
-                    continue
-                unit = self.queue[0]
-                if m.journaling or unit.after > m.watermark:
-                    await m.wait_progress()  # the journal takes over, or our turn comes
-                    continue
-                if not await self._apply_head(unit):
-                    m.start_journaling("lost" if self.conn else "connect")
-        finally:
-            # A worker never leaves units behind (cancelled at shutdown mid-apply).
-            m.journal_units(self.take_all(), "shutdown")
-            if self.conn is not None:
-                self.conn.close()
-            m.sessions.pop(self.session_id, None)
-
-    async def _apply_head(self, unit: Unit) -> bool:
-        """Apply queue[0]; False (and the unit stays queued) if the mirror is unavailable."""
-        m = self.manager
-        m.apply_started()
-        started = time.perf_counter()
-        try:
-            results = await self._apply(unit)
-        except MirrorUnavailable as exc:
-            m.last_error = str(exc)
-            log.warning("mirror session %d: %s", self.session_id, exc)
-            return False
-        finally:
-            m.apply_finished()
-        metrics.UPSTREAM_LATENCY.labels(m.store_label).observe(time.perf_counter() - started)
-        self.queue.popleft()
-        self._account(-1, -unit.size)
-        m.finished(unit.order, live=True)
-        if any(classify(it.sql) is Kind.DDL for it in unit.items):
-            m.refresh_catalog()  # new columns, defaults or keys: pinning must know them
-        metrics.MIRROR_APPLIED.inc()
-        metrics.MIRROR_STATEMENTS.inc(len(unit.items))
-        metrics.MIRROR_LAG.observe(max(0.0, time.time() - unit.committed_at))
-        if not check_results(unit, results, m.divergences) and any(
-            r.error is not None or r.skipped for r in results
-        ):
-            m.reject(unit)
-        return True
-
-    async def _apply(self, unit: Unit) -> list[ItemResult]:
-        if self.conn is None or not self.conn.connected:
-            self.conn = self.manager.connection(self.params)
-            try:
-                await self.conn.connect()
-            except MirrorUnavailable:
-                self.conn = None
-                raise
-        return await self.conn.apply(unit, self.manager.config.apply_timeout)
