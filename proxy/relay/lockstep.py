@@ -9,7 +9,9 @@ an autocommit write sent as a simple Query.  There forwarding stops: once the
 store has answered everything already forwarded (a Flush makes it send what
 it would otherwise keep buffered until Sync), the open transaction is taken
 from the recorder as a unit and the session's mirror applies and commits it;
-only then is the commit point forwarded.  Until the authoritative commit the
+only then is the commit point forwarded.  A COMMIT sent as Parse/Bind/
+Describe/Execute waits whole: when everything before it is answered, its own
+Parse, Bind and Describe are held with it rather than flushed first.  Until the authoritative commit the
 transaction holds its row locks, so a conflicting writer from another session
 reaches the mirror after it: both stores apply conflicting writes in the same
 order, and a transaction that starts after a commit sees it on both stores.
@@ -145,6 +147,7 @@ class LockStep(AnswerFilter):
         "_arrived",
         "route_reads",
         "shadowing",
+        "_stash",
     )
 
     def __init__(self, session: ClientSession) -> None:
@@ -179,6 +182,9 @@ class LockStep(AnswerFilter):
         # would otherwise ask the mode for every message): see mode_applied().
         self.route_reads = False  # read-new: reads go to the new store
         self.shadowing = False  # reads are sampled for shadow reads
+        # A commit's own Parse/Bind/Describe, held back with it while the mirror
+        # applies the transaction (see _pump).
+        self._stash: list[bytes] = []
         self.mode_applied(session.mode)
 
     @property
@@ -360,7 +366,9 @@ class LockStep(AnswerFilter):
     def _pump(self) -> None:
         """Forward held events up to the next commit point (state FLOWING)."""
         held = self.held
+        tracker = self.s.tracker
         batch: list[bytes] = []
+        sent = tracker.pending  # requests written and not answered yet
         while held and self.state == FLOWING:
             e = held[0]
             if self.route_reads and self._routable():
@@ -378,14 +386,25 @@ class LockStep(AnswerFilter):
             if gate == NONE:
                 self._take(batch)
                 continue
+            if gate == COMMIT and not sent and type(e) is ev.Execute:
+                # Every request written is answered; what is pending is the COMMIT's
+                # own Parse/Bind/Describe, whose answers decide nothing: they wait
+                # with it, which saves the Flush round trip to the store.
+                self._stash = batch
+                if not self._act(gate, e):
+                    return
+                batch, self._stash = self._stash, []
+                self._take(batch)
+                continue
             self._write(batch)
             batch = []
-            if self.s.tracker.pending:  # the answers decide; have the store send them now
+            if tracker.pending:  # the answers decide; have the store send them now
                 self._write([m.FLUSH])
                 self.state = ANSWERS
                 return
             if not self._act(gate, e):
                 return
+            sent = tracker.pending
             self._take(batch)
         self._write(batch)
         if self._paused and len(held) < _HELD_MAX // 2:
@@ -586,7 +605,7 @@ class LockStep(AnswerFilter):
             return
         self.state = FLOWING
         if self.held:
-            batch: list[bytes] = []
+            batch, self._stash = self._stash, []  # held back with the commit (_pump)
             self._take(batch)  # the commit point itself
             self._write(batch)
         if self.client_gone:
