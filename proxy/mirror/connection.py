@@ -39,6 +39,7 @@ _DROPS_STATEMENTS = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 _APPLY, _ROLLBACK, _TRIM = range(3)
 # Tasks that cancel a timed-out apply on the store (kept until they finish).
 _BACKGROUND: set[asyncio.Task[None]] = set()
+_QUERY_CANCELED = "57014"
 
 
 async def send_cancel(host: str, port: int, process_id: int, secret: bytes, timeout: float) -> None:
@@ -104,6 +105,7 @@ class MirrorConnection:
         self._apply_timeout = 0.0
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._cancelled = False  # the unit in flight is past its deadline, cancelled
 
     @property
     def connected(self) -> bool:
@@ -265,6 +267,7 @@ class MirrorConnection:
         self._completions = []
         self._phase = _APPLY
         self._done = done
+        self._cancelled = False
         self._apply_timeout = timeout
         self._deadline = loop.time() + timeout
         if self._timer is None:
@@ -342,6 +345,12 @@ class MirrorConnection:
         assert transport is not None and self._tracker is not None
         if self._phase == _APPLY:
             self._collect(self._completions)
+            if self._cancelled and any(
+                r.error is not None and r.error.get("C") == _QUERY_CANCELED for r in self._results
+            ):
+                # Our cancel took: the unit did not commit, the journal has it whole.
+                self._fail(f"mirror store did not answer within {self._apply_timeout:g}s (cancelled there)")
+                return
             if self._tracker.status != ord("I"):
                 # An error inside an explicit transaction left it open on the mirror.
                 self._ask(_ROLLBACK, m.query("ROLLBACK"), [Q])
@@ -394,28 +403,31 @@ class MirrorConnection:
 
     def _check_deadline(self) -> None:
         self._timer = None
-        done = self._done
-        if done is None:
+        if self._done is None:
             return
         loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._check_deadline)
             return
-        self._done = None
-        self._tracker = None
-        task = loop.create_task(self._time_out(done, self._apply_timeout))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-
-    async def _time_out(self, done: Applied, timeout: float) -> None:
-        # The store may still be running the unit (waiting on a lock, say): were it
-        # to commit after the unit went to the journal, replay would apply it twice.
-        # Cancelled first, it rolls back (unless it was already committing).
-        try:
-            await self.cancel()
-        finally:
-            self.close()
-            done(None, MirrorUnavailable(f"mirror store did not answer within {timeout:g}s"))
+        if not self._cancelled:
+            # The store may still be running the unit (waiting on a lock, say).  A
+            # cancel is asynchronous: only the store's answer says whether the unit
+            # rolled back or had committed already, so the connection waits for it
+            # (were the unit journaled while the store commits it, replay would
+            # apply it twice).
+            self._cancelled = True
+            self._deadline = loop.time() + self._timeout
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            task = loop.create_task(self.cancel())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+            return
+        log.error(
+            "mirror store answered neither the unit nor its cancel within %gs: the unit is"
+            " in doubt (journaled; if it committed there, replay reports a divergence)",
+            self._apply_timeout + self._timeout,
+        )
+        self._fail(f"mirror store did not answer within {self._apply_timeout:g}s")
 
     def _fail(self, reason: str) -> None:
         done = self._done

@@ -523,6 +523,9 @@ class LockStep(AnswerFilter):
                 return True
             return self._mirror(rec.take_open_unit(commit=False))
         if gate == COMMIT:
+            # The transaction's writes are the mirror's now (or rolled back): the
+            # Sync after the COMMIT is no commit point, it goes without a Flush.
+            self.writes = False
             if not self.block or s.tracker.status == ord("E") or s.tracker.batch_error:
                 return True  # an aborted transaction: COMMIT rolls it back
             return self._mirror(rec.take_open_unit(commit=True))

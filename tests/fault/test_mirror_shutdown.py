@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from proxy.mirror.connection import MirrorConnection
+from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.mirror.divergence import DivergenceLog
 from proxy.mirror.journal import Journal
 from proxy.mirror.manager import MirrorConfig, MirrorManager
@@ -117,3 +117,62 @@ async def test_an_apply_past_its_timeout_goes_to_the_journal_and_replays(
     # Cancelled on the store when it timed out, the first apply did not commit
     # behind the journal's back: the replay applied every unit once.
     assert (tmp_path / "divergences.jsonl").read_text() == ""
+
+
+async def _blocked_apply(
+    pg_pair: PgPair, lock: psycopg.Connection, connect_timeout: float
+) -> tuple[MirrorConnection, asyncio.Task[list]]:
+    """A unit blocked on the store by ``lock``, on a connection whose cancels do
+    not take (a wrong backend key: the store ignores them, as it does a cancel
+    that arrives late)."""
+    pg_pair.run_both("CREATE TABLE t (n int PRIMARY KEY)")
+    lock.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+    conn = MirrorConnection(PG_HOST, PG_PORT, PG_USER, None, pg_pair.new, timeout=connect_timeout)
+    await conn.connect()
+    assert conn.backend_key is not None
+    conn.backend_key = (conn.backend_key[0], b"\0\0\0\0")
+    return conn, asyncio.ensure_future(conn.apply(insert_unit(1), 0.3))
+
+
+async def test_an_apply_that_commits_after_its_timeout_counts_as_applied(pg_pair: PgPair) -> None:
+    """Past its deadline the unit is cancelled, but a cancel is asynchronous: the
+    connection waits for the store's answer.  The store committed (the cancel did
+    not take), so the unit is applied, not failed: failed, it would be journaled
+    and replay would insert the row twice."""
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=pg_pair.new) as lock:
+        conn, apply = await _blocked_apply(pg_pair, lock, connect_timeout=5)
+        try:
+            await asyncio.sleep(0.8)  # past the 0.3 s deadline, the cancel sent
+            assert not apply.done()
+            lock.rollback()
+            results = await asyncio.wait_for(apply, 5)
+        finally:
+            conn.close()
+    assert [r.tags for r in results] == [["INSERT 0 1"]]
+    assert [r.error for r in results] == [None]
+    with pg_pair.connect("new") as c:
+        assert c.execute("SELECT array_agg(n) FROM t").fetchone() == ([1],)
+
+
+async def test_an_apply_answered_neither_before_nor_after_its_cancel_fails_in_doubt(
+    pg_pair: PgPair, caplog
+) -> None:
+    """The store answers neither the unit nor its cancel: after the apply timeout
+    and the connect timeout the apply fails (the unit goes to the journal) and the
+    log says the unit is in doubt."""
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=pg_pair.new) as lock:
+        conn, apply = await _blocked_apply(pg_pair, lock, connect_timeout=0.5)
+        started = time.monotonic()
+        try:
+            try:
+                await asyncio.wait_for(apply, 5)
+            except MirrorUnavailable as exc:
+                assert "did not answer within 0.3s" in str(exc)
+            else:
+                raise AssertionError("the apply did not fail")
+            assert time.monotonic() - started >= 0.5
+            assert not conn.connected
+        finally:
+            conn.close()
+            lock.rollback()
+    assert "in doubt" in caplog.text
