@@ -349,7 +349,7 @@ class MirrorConnection:
                 r.error is not None and r.error.get("C") == _QUERY_CANCELED for r in self._results
             ):
                 # Our cancel took: the unit did not commit, the journal has it whole.
-                self._fail(f"mirror store did not answer within {self._apply_timeout:g}s (cancelled there)")
+                self._fail(f"{self._too_slow()} (cancelled there)")
                 return
             if self._tracker.status != ord("I"):
                 # An error inside an explicit transaction left it open on the mirror.
@@ -427,7 +427,10 @@ class MirrorConnection:
             " in doubt (journaled; if it committed there, replay reports a divergence)",
             self._apply_timeout + self._timeout,
         )
-        self._fail(f"mirror store did not answer within {self._apply_timeout:g}s")
+        self._fail(self._too_slow())
+
+    def _too_slow(self) -> str:
+        return f"mirror store did not answer within {self._apply_timeout:g}s"
 
     def _fail(self, reason: str) -> None:
         done = self._done

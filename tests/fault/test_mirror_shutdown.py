@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.mirror.divergence import DivergenceLog
@@ -164,13 +165,9 @@ async def test_an_apply_answered_neither_before_nor_after_its_cancel_fails_in_do
         conn, apply = await _blocked_apply(pg_pair, lock, connect_timeout=0.5)
         started = time.monotonic()
         try:
-            try:
+            with pytest.raises(MirrorUnavailable, match=r"did not answer within 0\.3s"):
                 await asyncio.wait_for(apply, 5)
-            except MirrorUnavailable as exc:
-                assert "did not answer within 0.3s" in str(exc)
-            else:
-                raise AssertionError("the apply did not fail")
-            assert time.monotonic() - started >= 0.5
+            assert time.monotonic() - started >= 0.75  # the apply timeout, then the grace
             assert not conn.connected
         finally:
             conn.close()
