@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,9 @@ class MirrorConfig:
         )
 
 
-_MANAGERS: weakref.WeakSet[MirrorManager] = weakref.WeakSet()
+# Every mirror of the process, from its start until stop() (a plain set: the class
+# is compiled, and compiled classes take no weak references).
+_MANAGERS: set[MirrorManager] = set()
 
 
 def publish_backlog() -> None:
@@ -128,7 +129,8 @@ class MirrorManager:
         # sync consistency: order -> the future a client session waits on; True once
         # the unit is applied live, False once it is journaled instead.
         self._waiters: dict[int, asyncio.Future[bool]] = {}
-        self._progress = asyncio.Event()
+        # Created when someone waits (reads.py): most units pass with no waiter.
+        self._progress: asyncio.Event | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake = asyncio.Event()
@@ -248,6 +250,8 @@ class MirrorManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.journal.close()
         self.rejected.close()
+        _MANAGERS.discard(self)
+        publish_backlog()
 
     @property
     def endpoint(self) -> Endpoint:
@@ -291,19 +295,22 @@ class MirrorManager:
             self.start_journaling("overflow")
 
     def _pulse(self) -> None:
-        self._progress.set()
-        self._progress = asyncio.Event()
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.set()
         if self.blocked:
             blocked, self.blocked = self.blocked, set()
             for sm in blocked:
                 sm.kick()
 
     async def wait_progress(self) -> None:
-        await self._progress.wait()
+        await self.progress_event().wait()
 
     def progress_event(self) -> asyncio.Event:
         """The event the next progress sets (taken now: a task started later
         would miss a pulse that comes before it runs)."""
+        if self._progress is None:
+            self._progress = asyncio.Event()
         return self._progress
 
     def finished(self, order: int, live: bool = False) -> None:
