@@ -20,7 +20,7 @@ import asyncio
 import logging
 import secrets
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxy import metrics
 from proxy.classify import Kind, fingerprint, kind_of_tag, tables_of
@@ -51,6 +51,23 @@ if TYPE_CHECKING:
     from proxy.mirror.manager import MirrorManager, SessionMirror
     from proxy.relay.server import ProxyServer
     from proxy.settings import Dsn
+
+# Event classes as constants: compiled (setup.py), ``type(e) is _QUERY`` is one
+# pointer comparison; ``ev.Query`` would look up the module and then the class
+# on every test, several times per message.
+_BIND: Final = ev.Bind
+_EXECUTE: Final = ev.Execute
+_PARSE: Final = ev.Parse
+_SYNC: Final = ev.Sync
+_QUERY: Final = ev.Query
+_COPY_DATA: Final = ev.CopyData
+_CLOSE: Final = ev.Close
+_FUNCTION_CALL: Final = ev.FunctionCall
+_AUTH_RESPONSE: Final = ev.AuthResponse
+_SSL_REQUEST: Final = ev.SSLRequest
+_GSSENC_REQUEST: Final = ev.GSSENCRequest
+_CANCEL_REQUEST: Final = ev.CancelRequest
+_STARTUP_MESSAGE: Final = ev.StartupMessage
 
 log = logging.getLogger(__name__)
 
@@ -199,30 +216,30 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
         stats = self.stats
         for e in events:
             cls = type(e)
-            if cls is ev.Bind:
+            if cls is _BIND:
                 rec.bind(e)
-            elif cls is ev.Execute:
+            elif cls is _EXECUTE:
                 kind, token = rec.execute(e)
                 stats[kind].inc()
                 tracker.request(E, token)
-            elif cls is ev.Parse:
+            elif cls is _PARSE:
                 rec.parse(e)
-            elif cls is ev.Sync:
+            elif cls is _SYNC:
                 tracker.request(S)
                 self.outstanding += 1
-            elif cls is ev.Query:
+            elif cls is _QUERY:
                 kind, token = rec.query(e)
                 stats[kind].inc()
                 tracker.request(Q, token)
                 self.outstanding += 1
-            elif cls is ev.CopyData:
+            elif cls is _COPY_DATA:
                 # The COPY statement it feeds is the request registered last.
                 owner = tracker.tail
                 if owner is not None:
                     rec.copy_data(owner.token, e)
-            elif cls is ev.Close:
+            elif cls is _CLOSE:
                 rec.close(e)
-            elif cls is ev.FunctionCall:
+            elif cls is _FUNCTION_CALL:
                 stats[Kind.WRITE].inc()
                 self.server.divergences.record(
                     "unmirrorable",
@@ -236,7 +253,7 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
     def _startup_event(self, e: Any) -> None:
         assert self.transport is not None
         if self.phase in (CONNECTING, AUTH):
-            if not isinstance(e, ev.AuthResponse) and self.phase == AUTH:
+            if not isinstance(e, _AUTH_RESPONSE) and self.phase == AUTH:
                 # A request pipelined before the session is ready: it must go
                 # through the request path once it is (pairing, counting).
                 self.pending_requests.append(e)
@@ -245,19 +262,19 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
             else:
                 self.early.append(e.raw)
             return
-        if isinstance(e, ev.SSLRequest):
+        if isinstance(e, _SSL_REQUEST):
             ctx = self.server.tls_context
             if ctx is None or self.tls:
                 self.transport.write(m.SSL_NO)
             else:
                 self.transport.write(m.SSL_YES)
                 self.server.spawn(self._start_tls(ctx))
-        elif isinstance(e, ev.GSSENCRequest):
+        elif isinstance(e, _GSSENC_REQUEST):
             self.transport.write(m.SSL_NO)
-        elif isinstance(e, ev.CancelRequest):
+        elif isinstance(e, _CANCEL_REQUEST):
             self.server.cancel(e.process_id, e.secret_key)
             self.transport.close()
-        elif isinstance(e, ev.StartupMessage):
+        elif isinstance(e, _STARTUP_MESSAGE):
             self.startup = e
             self.phase = CONNECTING
             self.server.spawn(self._connect_upstream(e))

@@ -37,7 +37,7 @@ import asyncio
 import re
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from proxy import metrics
 from proxy.classify import Kind, _next_word, _statements, classify, fingerprint, tables_of
@@ -78,6 +78,17 @@ from proxy.wire.pg._tracker import D, Q
 if TYPE_CHECKING:
     from proxy.relay.client import ClientSession
 
+
+# Event classes as constants (see client.py).
+_QUERY: Final = ev.Query
+_EXECUTE: Final = ev.Execute
+_PARSE: Final = ev.Parse
+_BIND: Final = ev.Bind
+_DESCRIBE: Final = ev.Describe
+_SYNC: Final = ev.Sync
+_COPY_DATA: Final = ev.CopyData
+_COPY_DONE: Final = ev.CopyDone
+_COPY_FAIL: Final = ev.CopyFail
 
 _BEGIN = m.query("BEGIN")
 _COMMIT = m.query("COMMIT")
@@ -220,37 +231,39 @@ class LockStep(AnswerFilter):
         s._track_requests([e])
         self._note(e)
         cls = type(e)
-        if (cls is ev.Query or cls is ev.Execute) and self.shadowing and not self.block:
+        if (cls is _QUERY or cls is _EXECUTE) and self.shadowing and not self.block:
             self._sample(e)
-        if cls is ev.Query or cls is ev.Execute:
+        if cls is _QUERY or cls is _EXECUTE:
             req = s.tracker.tail
             token = req.token if req is not None else None
             if type(token) is tuple and isinstance(token[0].pin, Plan):
                 assert req is not None
                 self._watch(req)
-                if cls is ev.Query:
+                if cls is _QUERY:
                     batch.append(m.query(token[0].pin.sql))
                     return
-        elif cls is ev.Parse:
-            pin = s.recorder.statement_pin(e.name)
+        elif cls is _PARSE:
+            p = cast(ev.Parse, e)
+            pin = s.recorder.statement_pin(p.name)
             if isinstance(pin, Plan):
-                rest = e.body[e.body.index(b"\0") + 1 :]  # parameter count and types
-                batch.append(m.parse(e.name, pin.sql.encode() + b"\0" + rest))
+                rest = p.body[p.body.index(b"\0") + 1 :]  # parameter count and types
+                batch.append(m.parse(p.name, pin.sql.encode() + b"\0" + rest))
                 return
-        elif cls is ev.Bind:
+        elif cls is _BIND:
             raw = self._pinned_bind(e)
             if raw is not None:
                 batch.append(raw)
                 return
-        elif cls is ev.Describe:
+        elif cls is _DESCRIBE:
+            d = cast(ev.Describe, e)
             pin = (
-                s.recorder.statement_pin(e.name)
-                if e.target == "S"
-                else s.recorder.portal_pin(e.name)
+                s.recorder.statement_pin(d.name)
+                if d.target == "S"
+                else s.recorder.portal_pin(d.name)
             )
             if isinstance(pin, Plan):
                 self._watch(s.tracker.request(D, PinDescribe(pin)))
-        batch.append(e.raw)
+        batch.append(e[0])  # raw: the first field of every event
 
     def _sample(self, e: Any) -> None:
         """Maybe shadow this autocommit read (see shadow.py)."""
@@ -263,7 +276,7 @@ class LockStep(AnswerFilter):
             return
         if self.shadow is not None and self.shadow.busy:
             return  # one at a time per session
-        if type(e) is ev.Query:
+        if type(e) is _QUERY:
             if classify(e.sql) is not Kind.READ:
                 return
             sr = reader.sample(e.sql, None, None)
@@ -325,10 +338,10 @@ class LockStep(AnswerFilter):
     def _note(self, e: Any) -> None:
         """Update the hints from a request as it goes out."""
         cls = type(e)
-        if cls is ev.Query:
-            sql = e.sql
-        elif cls is ev.Execute:
-            found = self.s.recorder.portal_sql(e.portal)
+        if cls is _QUERY:
+            sql = cast(ev.Query, e).sql
+        elif cls is _EXECUTE:
+            found = self.s.recorder.portal_sql(cast(ev.Execute, e).portal)
             if found is None:
                 return
             sql = found
@@ -348,17 +361,18 @@ class LockStep(AnswerFilter):
         if not self.sync:
             return NONE
         cls = type(e)
-        if cls is ev.Sync:
+        if cls is _SYNC:
             return SYNC if self.writes and not self.block else NONE
-        if cls is ev.Query:
-            kind = classify(e.sql)
+        if cls is _QUERY:
+            text = cast(ev.Query, e).sql
+            kind = classify(text)
             if kind is Kind.TXN:
-                return COMMIT if self.writes and txn_action(e.sql) == "commit" else NONE
+                return COMMIT if self.writes and txn_action(text) == "commit" else NONE
             if (kind is Kind.WRITE or kind is Kind.DDL) and not self.block:
                 return AUTOCOMMIT
             return NONE
-        if cls is ev.Execute and self.writes:
-            sql = self.s.recorder.portal_sql(e.portal)
+        if cls is _EXECUTE and self.writes:
+            sql = self.s.recorder.portal_sql(cast(ev.Execute, e).portal)
             if sql is not None and classify(sql) is Kind.TXN and txn_action(sql) == "commit":
                 return COMMIT
         return NONE
@@ -386,7 +400,7 @@ class LockStep(AnswerFilter):
             if gate == NONE:
                 self._take(batch)
                 continue
-            if gate == COMMIT and not sent and type(e) is ev.Execute:
+            if gate == COMMIT and not sent and type(e) is _EXECUTE:
                 # Every request written is answered; what is pending is the COMMIT's
                 # own Parse/Bind/Describe, whose answers decide nothing: they wait
                 # with it, which saves the Flush round trip to the store.
@@ -451,7 +465,7 @@ class LockStep(AnswerFilter):
         if served:
             stats = s.server.statement_counters(Store.NEW.value)[Kind.READ]
             for e in batch:
-                if type(e) is ev.Query or type(e) is ev.Execute:
+                if type(e) is _QUERY or type(e) is _EXECUTE:
                     stats.inc()
             metrics.UPSTREAM_LATENCY.labels(Store.NEW.value).observe(perf_counter() - started)
             s.at_boundary()
@@ -478,7 +492,7 @@ class LockStep(AnswerFilter):
     def _unknown_tables(self, e: Any) -> list[str]:
         """Tables a write names that the catalog lacks and was not re-read for."""
         cls = type(e)
-        if cls is not ev.Query and cls is not ev.Parse:
+        if cls is not _QUERY and cls is not _PARSE:
             return []
         if classify(e.sql) is not Kind.WRITE:
             return []
@@ -510,7 +524,7 @@ class LockStep(AnswerFilter):
     def _pump_copy(self) -> None:
         """While a wrapped COPY ... FROM STDIN runs, its data must reach the store."""
         batch: list[bytes] = []
-        while self.held and type(self.held[0]) in (ev.CopyData, ev.CopyDone, ev.CopyFail):
+        while self.held and type(self.held[0]) in (_COPY_DATA, _COPY_DONE, _COPY_FAIL):
             self._take(batch)
         self._write(batch)
 

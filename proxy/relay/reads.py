@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxy import metrics
 from proxy.classify import Kind, classify
@@ -39,9 +39,17 @@ if TYPE_CHECKING:
     from proxy.mirror.manager import MirrorManager
     from proxy.relay.client import ClientSession
 
+# Event classes as constants (see client.py).
+_PARSE: Final = ev.Parse
+_BIND: Final = ev.Bind
+_DESCRIBE: Final = ev.Describe
+_EXECUTE: Final = ev.Execute
+_QUERY: Final = ev.Query
+_SYNC: Final = ev.Sync
+
 log = logging.getLogger(__name__)
 
-_EXTENDED = (ev.Parse, ev.Bind, ev.Describe, ev.Execute)
+_EXTENDED = (_PARSE, _BIND, _DESCRIBE, _EXECUTE)
 _WRITE_HIGH = 256 * 1024
 
 
@@ -58,7 +66,7 @@ def read_batch(held: Any, statements: dict[str, Any]) -> int:
     if not held:
         return 0
     head = held[0]
-    if type(head) is ev.Query:
+    if type(head) is _QUERY:
         return 1 if classify(head.sql) is Kind.READ else 0
     if type(head) not in _EXTENDED:
         return 0
@@ -67,13 +75,13 @@ def read_batch(held: Any, statements: dict[str, Any]) -> int:
     executed = False
     for n, e in enumerate(held, 1):
         cls = type(e)
-        if cls is ev.Sync:
+        if cls is _SYNC:
             return n if executed else 0
-        if cls is ev.Parse:
+        if cls is _PARSE:
             if e.name:
                 return 0  # a named statement must exist on the authoritative connection
             kinds[""] = classify(e.sql)
-        elif cls is ev.Bind:
+        elif cls is _BIND:
             if e.portal:
                 return 0
             kind = kinds.get(e.statement)
@@ -83,11 +91,11 @@ def read_batch(held: Any, statements: dict[str, Any]) -> int:
                     return 0
                 kind = st[2]
             bound[""] = kind
-        elif cls is ev.Execute:
+        elif cls is _EXECUTE:
             if e.portal or bound.get("") is not Kind.READ:
                 return 0
             executed = True
-        elif cls is ev.Describe:
+        elif cls is _DESCRIBE:
             if e.name:
                 return 0
         else:
@@ -150,7 +158,7 @@ class ReadRoute:
             metrics.READ_ROUTE_FALLBACKS.labels("prepare").inc()
             return False
         for e in batch:  # what the batch leaves prepared on the read connection
-            if type(e) is ev.Parse:
+            if type(e) is _PARSE:
                 self.prepared[""] = e.body
         sr = self._sample(batch)
         conn.write(b"".join([e.raw for e in batch]))
@@ -174,12 +182,12 @@ class ReadRoute:
         reader = self.s.server.shadow_readers.get(id(self.s.server.reverse_manager))
         if reader is None or not reader.roll() or (self.shadow is not None and self.shadow.busy):
             return None
-        executes = [e for e in batch if type(e) is ev.Execute]
-        if type(batch[0]) is ev.Query:
+        executes = [e for e in batch if type(e) is _EXECUTE]
+        if type(batch[0]) is _QUERY:
             sr = reader.sample(batch[0].sql, None, None)
         elif len(executes) == 1 and not executes[0].max_rows:
-            parse = next((e for e in batch if type(e) is ev.Parse), None)
-            bind = next(e for e in batch if type(e) is ev.Bind)
+            parse = next((e for e in batch if type(e) is _PARSE), None)
+            bind = next(e for e in batch if type(e) is _BIND)
             if parse is not None:
                 sql, body = parse.sql, parse.body
             else:
@@ -216,9 +224,9 @@ class ReadRoute:
         extended = False
         for e in batch:
             cls = type(e)
-            if cls is ev.Parse:
+            if cls is _PARSE:
                 parsed_here = True
-            elif cls is ev.Bind and not (e.statement == "" and parsed_here):
+            elif cls is _BIND and not (e.statement == "" and parsed_here):
                 body = rec.statement_body(e.statement)
                 if body is None:
                     return None
