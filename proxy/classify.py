@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
@@ -47,10 +47,14 @@ class Kind(enum.Enum):
     __hash__ = object.__hash__
 
 
-READ, WRITE, TXN, SESSION, DDL = Kind.READ, Kind.WRITE, Kind.TXN, Kind.SESSION, Kind.DDL
-_RANK = {READ: 0, TXN: 1, SESSION: 2, WRITE: 3, DDL: 4}
+READ: Final = Kind.READ
+WRITE: Final = Kind.WRITE
+TXN: Final = Kind.TXN
+SESSION: Final = Kind.SESSION
+DDL: Final = Kind.DDL
+_RANK: Final = {READ: 0, TXN: 1, SESSION: 2, WRITE: 3, DDL: 4}
 # What libpg_query or the UTF-8 encoder may raise on hostile text.
-_PARSE_ERRORS = (ParseError, ValueError, RecursionError)
+_PARSE_ERRORS: Final = (ParseError, ValueError, RecursionError)
 
 # --------------------------------------------------------------------------- cache
 
@@ -84,10 +88,10 @@ class _TextCache(Generic[V]):
 
 
 _kinds: _TextCache[Kind] = _TextCache()
-_tables: _TextCache[tuple[str, ...]] = _TextCache()
+_tables: Final[_TextCache[tuple[str, ...]]] = _TextCache()
 _fingerprints: _TextCache[str] = _TextCache()
-_relations: _TextCache[tuple[str, ...]] = _TextCache()
-_shapes: _TextCache[tuple[str, bool]] = _TextCache()
+_relations: Final[_TextCache[tuple[str, ...]]] = _TextCache()
+_shapes: Final[_TextCache[tuple[str, bool]]] = _TextCache()
 _kind_get = _kinds.data.get  # the cache dict is cleared in place, never replaced
 
 # ------------------------------------------------------------------------ keywords
@@ -97,7 +101,7 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-_HEAD_KINDS: dict[str, Kind] = {
+_HEAD_KINDS: Final[dict[str, Kind]] = {
     # EXECUTE runs a prepared statement whose kind the text does not show: a write.
     **dict.fromkeys(_words("insert update delete merge truncate call do lock refresh"), WRITE),
     **dict.fromkeys(_words("notify execute"), WRITE),
@@ -107,16 +111,16 @@ _HEAD_KINDS: dict[str, Kind] = {
     **dict.fromkeys(_words("create alter drop comment grant revoke security vacuum"), DDL),
     **dict.fromkeys(_words("analyze analyse cluster reindex checkpoint import reassign"), DDL),
 }
-_DML_NODES = frozenset(("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"))
+_DML_NODES: Final = frozenset(("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"))
 # Heads whose kind depends on the rest of the statement.
-_SHAPE_HEADS = frozenset(("select", "with", "values", "explain", "copy", "declare"))
+_SHAPE_HEADS: Final = frozenset(("select", "with", "values", "explain", "copy", "declare"))
 
-_KNOWN_HEADS = frozenset(_HEAD_KINDS) | _SHAPE_HEADS
-_HEAD_WINDOW = 32  # longer than any keyword plus a little indentation
+_KNOWN_HEADS: Final = frozenset(_HEAD_KINDS) | _SHAPE_HEADS
+_HEAD_WINDOW: Final = 32  # longer than any keyword plus a little indentation
 _TRAILING = " \t\r\n;"
 _WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9$]*")
-_FOR_INTO = re.compile(r"\b(?:for|into)\b")  # on lowercased text
-_ANALYZE = re.compile(r"\banaly[sz]e\b", re.IGNORECASE)
+_FOR_INTO: Final = re.compile(r"\b(?:for|into)\b")  # on lowercased text
+_ANALYZE: Final = re.compile(r"\banaly[sz]e\b", re.IGNORECASE)
 
 
 def _next_word(sql: str, pos: int = 0) -> tuple[str, int]:
@@ -159,7 +163,7 @@ def _comment_end(sql: str, pos: int) -> int:
 # ----------------------------------------------------------------------- functions
 
 # Calls with an effect beyond the statement's own result (state, locks, xids...).
-_EFFECT_FUNCS = frozenset(
+_EFFECT_FUNCS: Final = frozenset(
     _words(
         """nextval setval set_config pg_notify txid_current pg_current_xact_id
         pg_terminate_backend pg_cancel_backend pg_reload_conf pg_rotate_logfile pg_switch_wal
@@ -169,12 +173,12 @@ _EFFECT_FUNCS = frozenset(
         pg_stat_statements_reset"""
     )
 )
-_EFFECT_PREFIXES = _words(
+_EFFECT_PREFIXES: Final = _words(
     """pg_advisory pg_try_advisory lo_ dblink pg_create_ pg_drop_ pg_copy_ pg_replication_
     pg_logical_ pg_stat_reset pg_file_ pg_wal_replay_"""
 )
 # Builtins known to be free of persistent effects (volatile ones like random() included).
-_PURE_FUNCS = frozenset(
+_PURE_FUNCS: Final = frozenset(
     _words(
         """count sum avg min max every bool_and bool_or bit_and bit_or bit_xor stddev stddev_pop
         stddev_samp variance var_pop var_samp corr covar_pop covar_samp percentile_cont
@@ -219,7 +223,7 @@ _PURE_FUNCS = frozenset(
         regprocedure regnamespace regrole name char money"""
     )
 )
-_PURE_PREFIXES = _words(
+_PURE_PREFIXES: Final = _words(
     """json to_ array_ regexp_ string_ date_ make_ ts_ xml regr_ has_ pg_get_ pg_size_
     pg_relation_ pg_table_ pg_total_relation pg_indexes_ pg_database_ pg_tablespace_
     pg_column_size pg_encoding_ pg_char_to_ pg_describe_ pg_identify_ pg_has_ pg_is_
@@ -227,7 +231,7 @@ _PURE_PREFIXES = _words(
     pg_current_wal_ pg_input_ pg_snapshot_ pg_visible_in_snapshot pg_xact_ txid_snapshot_
     txid_visible pg_options_ pg_show_ pg_ls_ pg_read_ pg_available_ pg_index_ pg_partition_"""
 )
-_PURE_SUFFIXES = ("_is_visible",)
+_PURE_SUFFIXES: Final = ("_is_visible",)
 _SAFE_SCHEMAS = frozenset(("pg_catalog", "information_schema"))
 
 
@@ -392,7 +396,7 @@ def _has_effect(root: Any) -> bool:
 
 # ------------------------------------------------------- text that does not parse
 
-_LEXEME = re.compile(
+_LEXEME: Final = re.compile(
     r"""(?P<string>'(?:[^']|'')*'?)
       | (?P<dollar>\$\$.*?(?:\$\$|\Z) | \$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)\$.*?(?:\$(?P=tag)\$|\Z))
       | (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
@@ -409,13 +413,17 @@ def _blank_literals(match: re.Match[str]) -> str:
     return " " if match.group("comment") is not None else "?"
 
 
-_CALL = re.compile(r"([A-Za-z_][A-Za-z_0-9$]*)\s*\(")
-_DML_WORD = re.compile(r"\b(?:for|into|insert|update|delete|merge)\b")
-_NOT_CALLS = RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS
-_NOT_CALLS |= {"over", "filter", "within", "recursive", "materialized", "lateral"}
-_TOP_TO = re.compile(r"\bto\b")
-_TOP_FROM = re.compile(r"\bfrom\b")
-_PARENS = re.compile(r"\([^()]*\)")
+_CALL: Final = re.compile(r"([A-Za-z_][A-Za-z_0-9$]*)\s*\(")
+_DML_WORD: Final = re.compile(r"\b(?:for|into|insert|update|delete|merge)\b")
+_NOT_CALLS: Final = (
+    RESERVED_KEYWORDS
+    | COL_NAME_KEYWORDS
+    | TYPE_FUNC_NAME_KEYWORDS
+    | {"over", "filter", "within", "recursive", "materialized", "lateral"}
+)
+_TOP_TO: Final = re.compile(r"\bto\b")
+_TOP_FROM: Final = re.compile(r"\bfrom\b")
+_PARENS: Final = re.compile(r"\([^()]*\)")
 
 
 def _unparsed_kind(sql: str, head: str) -> Kind:
@@ -467,7 +475,7 @@ def is_read_only_begin(sql: str) -> bool:
 
 # ------------------------------------------------------------------- fingerprint
 
-_FINGERPRINT_MAX = 500
+_FINGERPRINT_MAX: Final = 500
 _CONST_TOKENS = frozenset(("SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"))
 _COMMENT_TOKENS = frozenset(("C_COMMENT", "SQL_COMMENT"))
 
@@ -575,7 +583,7 @@ def _tables_in(sql: str) -> tuple[str, ...]:
     return tuple(seen)
 
 
-_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+_ORDER_BY: Final = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
 def relations_of(sql: str) -> tuple[str, ...]:
@@ -609,8 +617,8 @@ def _add_target(targets: list[tuple[int, str]], rel: dict[str, Any] | None) -> N
         targets.append((rel.get("location", 0), ".".join(p for p in parts if p)))
 
 
-_TAG_KINDS: dict[bytes, Kind] = {}
-_TAG_FIRST_WORD = {
+_TAG_KINDS: Final[dict[bytes, Kind]] = {}
+_TAG_FIRST_WORD: Final = {
     b"SELECT": Kind.READ,
     b"FETCH": Kind.READ,
     b"MOVE": Kind.READ,

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from struct import unpack_from
-from typing import Any
+from typing import Any, Final
 
 from proxy.mirror.unit import ItemKind, Unit
 from proxy.wire.pg import BackendScanner, ProtocolError, Tracker, error_fields
@@ -31,15 +31,17 @@ from proxy.wire.pg._tracker import B, E, P, Q, S
 
 log = logging.getLogger(__name__)
 
-_STATEMENT_CACHE = 2000
+_STATEMENT_CACHE: Final = 2000
 # Command tags of statements that drop every prepared statement of the connection.
-_DROPS_STATEMENTS = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+_DROPS_STATEMENTS: Final = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 # What the connection waits for: the unit's answers, the ROLLBACK of a unit that
 # failed inside its transaction, the Close of prepared statements over the cache.
-_APPLY, _ROLLBACK, _TRIM = range(3)
+_APPLY: Final = 0
+_ROLLBACK: Final = 1
+_TRIM: Final = 2
 # Tasks that cancel a timed-out apply on the store (kept until they finish).
 _BACKGROUND: set[asyncio.Task[None]] = set()
-_QUERY_CANCELED = "57014"
+_QUERY_CANCELED: Final = "57014"
 
 
 async def send_cancel(host: str, port: int, process_id: int, secret: bytes, timeout: float) -> None:
@@ -443,7 +445,9 @@ class MirrorConnection:
         self._transport = None
         self._keep = None
         self._statements.clear()
-        self._fail(f"mirror connection lost: {exc!r}" if exc else "mirror store closed the connection")
+        self._fail(
+            f"mirror connection lost: {exc!r}" if exc else "mirror store closed the connection"
+        )
 
     async def cancel(self) -> None:
         """Cancel what the store runs for this connection."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from proxy.classify import Kind, _next_word, classify
 from proxy.mirror.pinning import Pinner, Plan, Unpinnable, image_items
@@ -30,7 +30,7 @@ from proxy.wire.pg._rows import parse_body
 from proxy.wire.pg._tracker import E, Q, S
 
 _SET_OR_RESET = re.compile(r"\s*(set|reset)\s+(?:session\s+)?([a-z_][\w.]*)", re.IGNORECASE)
-_IDLE = ord("I")
+_IDLE: Final = 0x49  # 'I': ReadyForQuery's idle status
 
 # Query: (item, kind).  Execute: (item, kind, row limit), where the kind is None for
 # an Execute that fetches more rows from a portal already recorded (after

@@ -14,7 +14,7 @@ scanner takes the stream back where the filter stopped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.mirror.pinning import MARKER, Plan
 from proxy.wire.pg import OUTCOMES, Completion, Request, split_messages
@@ -25,12 +25,25 @@ if TYPE_CHECKING:
     from proxy.relay.client import ClientSession
     from proxy.relay.shadow import SessionShadow, ShadowRead
 
+# Module constants are Final literals: compiled (setup.py), each use is the
+# number itself, not a lookup in the module's dict.
 # The lock-step's states (lockstep.py); the filter needs to know ENDING.
-FLOWING, ANSWERS, MIRROR, WRAPPED, ENDING, CATALOG, LEARNING, ROUTED = range(8)
+FLOWING: Final = 0
+ANSWERS: Final = 1
+MIRROR: Final = 2
+WRAPPED: Final = 3
+ENDING: Final = 4
+CATALOG: Final = 5
+LEARNING: Final = 6
+ROUTED: Final = 7
 # A client session's phases (client.py; switch.py reads them too).
-STARTUP, CONNECTING, AUTH, READY, CLOSED = range(5)
-_IDLE = ord("I")
-_ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
+STARTUP: Final = 0
+CONNECTING: Final = 1
+AUTH: Final = 2
+READY: Final = 3
+CLOSED: Final = 4
+_IDLE: Final = 0x49  # 'I': ReadyForQuery's idle status
+_ASYNC: Final = frozenset(b"NAS")  # notices, notifications, parameter status: always relayed
 
 
 class Internal:
@@ -42,12 +55,12 @@ class Internal:
         self.what = what
 
 
-BEGIN_TOKEN = Internal("begin")
-END_TOKEN = Internal("end")
+BEGIN_TOKEN: Final = Internal("begin")
+END_TOKEN: Final = Internal("end")
 # A session that starts mirroring mid-life (old-only -> dual-write) learns what it
 # did before from the store: its prepared statements and its SETs.
-STATEMENTS_TOKEN = Internal("statements")
-SETTINGS_TOKEN = Internal("settings")
+STATEMENTS_TOKEN: Final = Internal("statements")
+SETTINGS_TOKEN: Final = Internal("settings")
 
 
 class PinDescribe(Internal):

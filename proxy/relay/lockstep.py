@@ -93,10 +93,14 @@ _COPY_FAIL: Final = ev.CopyFail
 _BEGIN = m.query("BEGIN")
 _COMMIT = m.query("COMMIT")
 _ROLLBACK = m.query("ROLLBACK")
-_HOLD = metrics.PROXY_HOLD.labels()
-_HELD_MAX = 10_000  # events held from the client before its socket stops being read
+_HOLD: Final = metrics.PROXY_HOLD.labels()
+_HELD_MAX: Final = 10_000  # events held from the client before its socket stops being read
 
-NONE, SYNC, COMMIT, AUTOCOMMIT = range(4)
+# What a request is to the lock-step (_gate): no commit point, or which one.
+NONE: Final = 0
+SYNC: Final = 1
+COMMIT: Final = 2
+AUTOCOMMIT: Final = 3
 
 # Statements PostgreSQL refuses inside a transaction block: never wrapped.
 _NO_TXN_BLOCK = re.compile(

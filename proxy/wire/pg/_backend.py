@@ -15,16 +15,17 @@ acknowledgement-only types whose content the proxy does not need.
 from __future__ import annotations
 
 from struct import Struct, unpack_from
+from typing import Final
 
 from proxy.wire.pg._errors import ProtocolError
 
 # Types whose body the proxy reads.
-_WITH_BODY = frozenset(b"ZCEKSR")
+_WITH_BODY: Final = frozenset(b"ZCEKSR")
 # Types the proxy needs to see, but not their body.
-_TYPE_ONLY = frozenset(b"123nsITtGHWcV")
-_TRACKED = _WITH_BODY | _TYPE_ONLY
-_MAX_BODY = 1 << 30
-_int32 = Struct("!i").unpack_from
+_TYPE_ONLY: Final = frozenset(b"123nsITtGHWcV")
+_TRACKED: Final = _WITH_BODY | _TYPE_ONLY
+_MAX_BODY: Final = 1 << 30
+_int32: Final = Struct("!i").unpack_from
 # What the relay needs when it does not pair requests with answers (no mirroring):
 # ReadyForQuery and CommandComplete with their bodies, PortalSuspended and
 # ErrorResponse as types only (a specialised loop, see ``_ready_only``).
@@ -140,7 +141,7 @@ TRACKED = _TRACKED
 OUTCOMES = frozenset(b"ZCEISsGHWc")
 # OUTCOMES and the rows of a result, for a read whose answer is digested.
 ROWS = OUTCOMES | frozenset(b"DT")
-_ROWS_BODY = _WITH_BODY | frozenset(b"DT")
+_ROWS_BODY: Final = _WITH_BODY | frozenset(b"DT")
 
 
 def split_messages(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:

@@ -12,21 +12,21 @@ error the stream has no reliable message boundary left.
 from __future__ import annotations
 
 from struct import Struct, unpack_from
-from typing import Any
+from typing import Any, Final
 
 from proxy.wire.pg import _events as ev
 from proxy.wire.pg._errors import ProtocolError
 
-PROTOCOL_3 = 196608  # 3.0
-SSL_REQUEST = 80877103
-GSSENC_REQUEST = 80877104
-CANCEL_REQUEST = 80877102
-_MAX_STARTUP = 10_000  # the server's own bound on a startup packet
-_int32 = Struct("!i").unpack_from
+PROTOCOL_3: Final = 196608  # 3.0
+SSL_REQUEST: Final = 80877103
+GSSENC_REQUEST: Final = 80877104
+CANCEL_REQUEST: Final = 80877102
+_MAX_STARTUP: Final = 10_000  # the server's own bound on a startup packet
+_int32: Final = Struct("!i").unpack_from
 # An event is built with tuple.__new__ directly: a NamedTuple's own __new__ is
 # Python code, a call back into the interpreter for every message when this
 # module is compiled (setup.py).
-_new: Any = tuple.__new__
+_new: Final[Any] = tuple.__new__
 
 
 def _cstr(buf: bytes, pos: int) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from struct import Struct, error
-from typing import ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
 from proxy.wire.pg._errors import ProtocolError
 
@@ -39,11 +39,11 @@ def _end(body: bytes, start: int, length: int) -> int:
     return end
 
 
-_I16 = Struct("!h")
-_U16 = Struct("!H")
-_I32 = Struct("!i")
-_U32 = Struct("!I")
-NO_DATA = b"n\x00\x00\x00\x04"
+_I16: Final = Struct("!h")
+_U16: Final = Struct("!H")
+_I32: Final = Struct("!i")
+_U32: Final = Struct("!I")
+NO_DATA: Final = b"n\x00\x00\x00\x04"
 
 
 def _msg(t: bytes, body: bytes) -> bytes:

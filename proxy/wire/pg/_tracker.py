@@ -17,14 +17,23 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from proxy.wire.pg._backend import command_tag
 from proxy.wire.pg._errors import ProtocolError
 
-Q, P, B, D, E, C, S, F = (ord(c) for c in "QPBDECSF")
+# Request kinds: the frontend message types (Final literals: compiled, each use
+# is the number itself).
+Q: Final = 0x51  # 'Q' Query
+P: Final = 0x50  # 'P' Parse
+B: Final = 0x42  # 'B' Bind
+D: Final = 0x44  # 'D' Describe
+E: Final = 0x45  # 'E' Execute
+C: Final = 0x43  # 'C' Close
+S: Final = 0x53  # 'S' Sync
+F: Final = 0x46  # 'F' FunctionCall
 # Which backend message types complete which request type (besides ErrorResponse).
-_DONE: dict[int, frozenset[int]] = {
+_DONE: Final[dict[int, frozenset[int]]] = {
     P: frozenset(b"1"),
     B: frozenset(b"2"),
     D: frozenset(b"Tn"),
