@@ -105,6 +105,10 @@ class WireTap:
         finally:
             _shut(src, dst)
 
+    def counted(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
     def close(self) -> None:
         self.listener.close()
         for s in self._socks:
@@ -140,8 +144,7 @@ def test_tpcb_like_sends_no_request_the_client_did_not(
         pgbench(direct.port, pg_pair.old, *args)
     finally:
         direct.close()
-    with tap._lock, direct._lock:
-        through, straight = dict(tap.counts), dict(direct.counts)
+    through, straight = tap.counted(), direct.counted()
     assert through.get("H", 0) == 0, through
     assert straight["S"] == 7 * txns * 2, straight
     assert {t: through.get(t, 0) for t in "PBDESQ"} == {t: straight.get(t, 0) for t in "PBDESQ"}
