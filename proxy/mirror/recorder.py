@@ -31,6 +31,10 @@ from proxy.wire.pg._tracker import E, Q, S
 
 _SET_OR_RESET = re.compile(r"\s*(set|reset)\s+(?:session\s+)?([a-z_][\w.]*)", re.IGNORECASE)
 _IDLE: Final = 0x49  # 'I': ReadyForQuery's idle status
+# The COMMIT a sync unit ends with, as an extended-protocol item: the mirror
+# then sends the whole unit under one Sync and gets every answer in one read.
+_COMMIT_PARSE: Final = parse_body("COMMIT")
+_NO_PARAMETERS: Final = b"\0\0\0\0\0\0"  # Bind: no formats, no values, text results
 
 # Query: (item, kind).  Execute: (item, kind, row limit), where the kind is None for
 # an Execute that fetches more rows from a portal already recorded (after
@@ -237,7 +241,9 @@ class Recorder:
         self._items = []
         unit = self._unit(items)
         if commit:
-            unit.items.append(Item(ItemKind.QUERY, "COMMIT", tags=["COMMIT"]))
+            unit.items.append(
+                Item(ItemKind.EXECUTE, "COMMIT", _COMMIT_PARSE, _NO_PARAMETERS, tags=["COMMIT"])
+            )
             unit.in_transaction = True
         self._taken = unit
         return unit

@@ -381,11 +381,13 @@ class LockStep(AnswerFilter):
                 return COMMIT
         return NONE
 
-    def _pump(self) -> None:
-        """Forward held events up to the next commit point (state FLOWING)."""
+    def _pump(self, batch: list[bytes] | None = None) -> None:
+        """Forward held events up to the next commit point (state FLOWING), after
+        ``batch`` (requests taken but not written yet)."""
         held = self.held
         tracker = self.s.tracker
-        batch: list[bytes] = []
+        if batch is None:
+            batch = []
         sent = tracker.pending  # requests written and not answered yet
         while held and self.state == FLOWING:
             e = held[0]
@@ -625,14 +627,15 @@ class LockStep(AnswerFilter):
             self._end(_COMMIT)
             return
         self.state = FLOWING
+        batch: list[bytes] = []
         if self.held:
             batch, self._stash = self._stash, []  # held back with the commit (_pump)
             self._take(batch)  # the commit point itself
-            self._write(batch)
         if self.client_gone:
+            self._write(batch)
             self._terminate()
         else:
-            self._pump()
+            self._pump(batch)  # the commit and its Sync go out in one write
 
     # -- wrapping an autocommit Query -----------------------------------------------------
 

@@ -148,3 +148,39 @@ def test_tpcb_like_sends_no_request_the_client_did_not(
     assert through.get("H", 0) == 0, through
     assert straight["S"] == 7 * txns * 2, straight
     assert {t: through.get(t, 0) for t in "PBDESQ"} == {t: straight.get(t, 0) for t in "PBDESQ"}
+
+
+def _write_syscalls(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+
+
+def test_sync_transaction_costs_one_write_per_message_batch_and_one_mirror_pipeline(
+    pg_pair: PgPair, proxy_factory: object, tap: WireTap
+) -> None:
+    """In ``sync`` a tpcb-like transaction reaches the mirror as one pipeline
+    under one Sync (its COMMIT included, so the store answers it in one read),
+    and the held COMMIT goes to the old store with its Sync in one write: the
+    proxy writes once per batch the client sent, once per answer, once for the
+    mirror, and no more."""
+    for db in (pg_pair.old, pg_pair.new):
+        pgbench(PG_PORT, db, "-i", "-s", "1", "-q")
+    proxy = proxy_factory(  # type: ignore[operator]
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new, port=tap.port), mirror_consistency="sync"
+    )
+    txns, clients = 100, 2
+    before = _write_syscalls(proxy.proc.pid)
+    pgbench(proxy.port, pg_pair.old, "-n", "-M", "extended", "-c", str(clients), "-t", str(txns))
+    writes = _write_syscalls(proxy.proc.pid) - before
+    proxy.wait_mirror_idle(timeout=60)
+    assert_pgbench_tables_same(pg_pair)
+    assert_no_divergences(proxy)
+    mirrored = tap.counted()
+    n = txns * clients
+    # BEGIN, three UPDATEs, the INSERT and the COMMIT; the SELECT is not mirrored.
+    assert mirrored.get("E", 0) == 6 * n, mirrored
+    assert mirrored.get("S", 0) == n, mirrored
+    assert mirrored.get("Q", 0) == 0, mirrored
+    # Per transaction: 7 answers to pgbench, 7 batches to the old store, 1 pipeline
+    # to the mirror.  The slack covers the sessions' startup and the proxy's log.
+    assert 15 * n <= writes < 15 * n + n // 4, writes
