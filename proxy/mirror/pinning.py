@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from pglast import ast, parse_sql
 from pglast.enums import AlterTableType, ConstrType, OnConflictAction
@@ -349,12 +349,65 @@ def _target(plan: Plan) -> str:
 
 def image_items(plan: Plan, table: Table, rows: list[list[bytes | None]], fmt: int) -> list[Item]:
     """The mirror's statements writing ``rows`` (the table's columns, in order)."""
-    written = [i for i, c in enumerate(table.columns) if c not in table.generated]
-    cols = [table.columns[i] for i in written]
     if plan.shape in (Shape.UPDATE, Shape.DELETE):
-        return _by_key(plan, table, rows, fmt, written)
+        sql, body, tag, pick = _key_statement(plan, table)
+        return [
+            Item(
+                ItemKind.EXECUTE,
+                sql,
+                parse_body=body,
+                bind_body=bind_body([row[i] for i in pick], fmt),
+                tags=[tag],
+            )
+            for row in rows
+        ]
+    written = _written(table)
+    chunk = max(1, _MAX_PARAMS // max(len(written), 1))
+    items = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        sql, body = _insert_statement(plan, table, len(part))
+        values: list[bytes | None] = []
+        for row in part:
+            values.extend([row[i] for i in written])
+        items.append(
+            Item(
+                ItemKind.EXECUTE,
+                sql,
+                parse_body=body,
+                bind_body=bind_body(values, fmt),
+                tags=[f"INSERT 0 {len(part)}"],
+            )
+        )
+    return items
+
+
+# The mirror statements' texts, by what they depend on only (plan, table, rows
+# in the statement): building them was most of image_items' cost, and a
+# workload repeats a few shapes.  A table changed by DDL is a new Table, so a
+# new key; the cache is simply emptied when it grows past its bound.
+_STATEMENTS: dict[tuple[Plan, Table, int], Any] = {}
+_STATEMENTS_MAX: Final = 4096
+
+
+def _remember(key: tuple[Plan, Table, int], value: Any) -> Any:
+    if len(_STATEMENTS) >= _STATEMENTS_MAX:
+        _STATEMENTS.clear()
+    _STATEMENTS[key] = value
+    return value
+
+
+def _written(table: Table) -> list[int]:
+    return [i for i, c in enumerate(table.columns) if c not in table.generated]
+
+
+def _insert_statement(plan: Plan, table: Table, nrows: int) -> tuple[str, bytes]:
+    key = (plan, table, nrows)
+    hit = _STATEMENTS.get(key)
+    if hit is not None:
+        return hit
+    cols = [table.columns[i] for i in _written(table)]
     per_row = len(cols)
-    chunk = max(1, _MAX_PARAMS // max(per_row, 1))
     head = f"INSERT INTO {_target(plan)} ({', '.join(map(_ident, cols))}) OVERRIDING SYSTEM VALUE VALUES "
     tail = ""
     if plan.shape is Shape.UPSERT:
@@ -367,32 +420,21 @@ def image_items(plan: Plan, table: Table, rows: list[list[bytes | None]], fmt: i
         tail = f" ON CONFLICT ({', '.join(map(_ident, plan.conflict))}) DO {action}"
     elif plan.shape is Shape.INSERT_IGNORE:
         tail = " ON CONFLICT DO NOTHING"
-    items = []
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        groups = []
-        values: list[bytes | None] = []
-        n = 0
-        for row in part:
-            groups.append("(" + ", ".join(f"${n + k + 1}" for k in range(per_row)) + ")")
-            n += per_row
-            values.extend(row[i] for i in written)
-        sql = head + ", ".join(groups) + tail
-        items.append(
-            Item(
-                ItemKind.EXECUTE,
-                sql,
-                parse_body=parse_body(sql, len(values)),
-                bind_body=bind_body(values, fmt),
-                tags=[f"INSERT 0 {len(part)}"],
-            )
-        )
-    return items
+    groups = [
+        "(" + ", ".join(f"${r * per_row + k + 1}" for k in range(per_row)) + ")"
+        for r in range(nrows)
+    ]
+    sql = head + ", ".join(groups) + tail
+    return _remember(key, (sql, parse_body(sql, nrows * per_row)))
 
 
-def _by_key(
-    plan: Plan, table: Table, rows: list[list[bytes | None]], fmt: int, written: list[int]
-) -> list[Item]:
+def _key_statement(plan: Plan, table: Table) -> tuple[str, bytes, str, list[int]]:
+    """UPDATE or DELETE of one row by its primary key: text, Parse body, tag, and
+    which of the row's values the parameters are."""
+    key = (plan, table, -1)
+    hit = _STATEMENTS.get(key)
+    if hit is not None:
+        return hit
     key_at = [table.columns.index(k) for k in table.key]
     where = " AND ".join(f"{_ident(k)} = ${i + 1}" for i, k in enumerate(table.key))
     if plan.shape is Shape.DELETE:
@@ -402,7 +444,7 @@ def _by_key(
     else:
         sets = [
             i
-            for i in written
+            for i in _written(table)
             if table.columns[i] not in table.key and table.columns[i] not in table.always
         ]
         n = len(table.key)
@@ -412,17 +454,7 @@ def _by_key(
         sql = f"UPDATE {_target(plan)} SET {assign} WHERE {where}"
         tag = "UPDATE 1"
         pick = key_at + sets
-    body = parse_body(sql, len(pick))
-    return [
-        Item(
-            ItemKind.EXECUTE,
-            sql,
-            parse_body=body,
-            bind_body=bind_body([row[i] for i in pick], fmt),
-            tags=[tag],
-        )
-        for row in rows
-    ]
+    return _remember(key, (sql, parse_body(sql, len(pick)), tag, pick))
 
 
 # ------------------------------------------------------------------------- catalog

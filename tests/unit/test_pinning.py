@@ -714,6 +714,33 @@ def test_chunks_stay_under_the_parameter_limit() -> None:
     assert decoded == [v for row in rows for v in row]
 
 
+def test_statements_follow_the_row_count_and_the_table_as_it_is_now() -> None:
+    """The statement texts are reused per shape: a unit with another number of
+    rows, or the table after an ALTER (a new Table from the catalog), gets its own."""
+    before = table("t", "id v", volatile="id", key="id")
+    after = table("t", "id v w", volatile="id", key="id")  # ALTER TABLE t ADD w
+    plan = Plan(Shape.INSERT, "", None, "t", False, 0, 2)
+    head = 'INSERT INTO "t" ("id", "v") OVERRIDING SYSTEM VALUE VALUES '
+    one: list[list[bytes | None]] = [[b"1", b"a"]]
+    two: list[list[bytes | None]] = [[b"2", b"b"], [b"3", b"c"]]
+    for _ in range(2):
+        assert [it.sql for it in image_items(plan, before, one, 0)] == [head + "($1, $2)"]
+        assert [it.sql for it in image_items(plan, before, two, 0)] == [head + "($1, $2), ($3, $4)"]
+    [item] = image_items(plan, after, [[b"4", b"d", b"e"]], 0)
+    assert (
+        item.sql == 'INSERT INTO "t" ("id", "v", "w") OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3)'
+    )
+    assert decode_parse(item.parse_body) == (item.sql, 3)
+    assert decode_bind(item.bind_body)[1] == [b"4", b"d", b"e"]
+    update = Plan(Shape.UPDATE, "", None, "t", False, 0, 2)
+    assert [it.sql for it in image_items(update, before, two, 0)] == [
+        'UPDATE "t" SET "v" = $2 WHERE "id" = $1'
+    ] * 2
+    [item] = image_items(update, after, [[b"4", b"d", b"e"]], 0)
+    assert item.sql == 'UPDATE "t" SET "v" = $2, "w" = $3 WHERE "id" = $1'
+    assert decode_bind(item.bind_body)[1] == [b"4", b"d", b"e"]
+
+
 def test_no_rows_no_items() -> None:
     plan = plan_of("INSERT INTO orders (customer) VALUES ('a')")
     assert image_items(plan, ORDERS, [], 0) == []
