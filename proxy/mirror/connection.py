@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from struct import unpack_from
 from typing import Any, Final
 
@@ -61,11 +61,22 @@ class MirrorUnavailable(Exception):
     """The mirror store cannot be reached or the connection broke."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ItemResult:
-    tags: list[str] = field(default_factory=list)
-    error: dict[str, str] | None = None
-    skipped: bool = False
+    tags: list[str]
+    error: dict[str, str] | None
+    skipped: bool
+
+    def __init__(
+        self,
+        tags: list[str] | None = None,
+        error: dict[str, str] | None = None,
+        skipped: bool = False,
+    ) -> None:
+        # Hand-written (see _tracker.Completion): one per mirrored item.
+        self.tags = [] if tags is None else tags
+        self.error = error
+        self.skipped = skipped
 
 
 # Results of an applied unit (one per item), or why it could not be applied.

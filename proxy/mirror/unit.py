@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -26,29 +26,53 @@ class ItemKind(enum.Enum):
     COPY = "C"  # COPY ... FROM STDIN: ``sql`` plus the CopyData payloads
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Item:
     kind: ItemKind
     sql: str
     # EXECUTE: the Parse message body after the statement name
     # (query text NUL, int16 count, parameter type OIDs).
-    parse_body: bytes = b""
+    parse_body: bytes
     # EXECUTE: the Bind message body after the portal and statement names
     # (parameter formats, values, result formats).
-    bind_body: bytes = b""
+    bind_body: bytes
     # COPY: CopyData payloads in order.
-    copy_data: list[bytes] = field(default_factory=list)
+    copy_data: list[bytes]
     # Command tags the authoritative store returned for this item, in order.
-    tags: list[str] = field(default_factory=list)
+    tags: list[str]
     # Value pinning (never encoded: a unit is built with the pinned rows already
     # turned into the statements that write them): the plan (pinning.Plan or
     # Unpinnable), the rows the store returned and the format of their values.
-    pin: Any = None
-    pin_rows: list[list[bytes | None]] | None = None
-    pin_fmt: int = 0
+    pin: Any
+    pin_rows: list[list[bytes | None]] | None
+    pin_fmt: int
+
+    def __init__(
+        self,
+        kind: ItemKind,
+        sql: str,
+        parse_body: bytes = b"",
+        bind_body: bytes = b"",
+        copy_data: list[bytes] | None = None,
+        tags: list[str] | None = None,
+        pin: Any = None,
+        pin_rows: list[list[bytes | None]] | None = None,
+        pin_fmt: int = 0,
+    ) -> None:
+        # Hand-written: one per recorded statement, and mypyc compiles this one
+        # (the dataclass-generated __init__ runs in the interpreter).
+        self.kind = kind
+        self.sql = sql
+        self.parse_body = parse_body
+        self.bind_body = bind_body
+        self.copy_data = [] if copy_data is None else copy_data
+        self.tags = [] if tags is None else tags
+        self.pin = pin
+        self.pin_rows = pin_rows
+        self.pin_fmt = pin_fmt
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Unit:
     session_id: int
     seq: int  # per-session sequence number, strictly increasing
@@ -57,10 +81,31 @@ class Unit:
     items: list[Item]
     committed_at: float  # wall-clock time (time.time()) of the authoritative commit
     # Position in the authoritative commit order, across all sessions of this proxy.
-    order: int = 0
+    order: int
     # Every unit with ``order <= after`` committed before this unit's transaction
     # began, so it must reach the mirror first (causal order across sessions).
-    after: int = 0
+    after: int
+
+    def __init__(
+        self,
+        session_id: int,
+        seq: int,
+        in_transaction: bool,
+        prelude: tuple[str, ...],
+        items: list[Item],
+        committed_at: float,
+        order: int = 0,
+        after: int = 0,
+    ) -> None:
+        # Hand-written like Item's: one per mirrored transaction.
+        self.session_id = session_id
+        self.seq = seq
+        self.in_transaction = in_transaction
+        self.prelude = prelude
+        self.items = items
+        self.committed_at = committed_at
+        self.order = order
+        self.after = after
 
     @property
     def size(self) -> int:

@@ -73,11 +73,18 @@ class Request:
         self.copy = copy
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Completion:
     request: Request
-    status: int = 0  # for Sync/Query: the ReadyForQuery status byte
-    failed_batch: bool = False  # for Sync/Query: an error occurred since the last one
+    status: int  # for Sync/Query: the ReadyForQuery status byte
+    failed_batch: bool  # for Sync/Query: an error occurred since the last one
+
+    def __init__(self, request: Request, status: int = 0, failed_batch: bool = False) -> None:
+        # Hand-written like Request's: one per answered request (mypyc compiles
+        # this one; the dataclass-generated __init__ runs in the interpreter).
+        self.request = request
+        self.status = status
+        self.failed_batch = failed_batch
 
 
 class Tracker:
