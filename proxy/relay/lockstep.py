@@ -114,8 +114,23 @@ _NO_TXN_BLOCK = re.compile(
 )
 
 
+# txn_action by statement text: asked for every BEGIN and COMMIT a session sends,
+# and an application sends a handful of distinct texts.
+_TXN_ACTIONS: dict[str, str] = {}
+_TXN_ACTIONS_MAX: Final = 1024
+
+
 def txn_action(sql: str) -> str:
     """'begin', 'commit', 'rollback' or '' for one transaction-control statement."""
+    found = _TXN_ACTIONS.get(sql)
+    if found is None:
+        if len(_TXN_ACTIONS) >= _TXN_ACTIONS_MAX:
+            _TXN_ACTIONS.clear()
+        found = _TXN_ACTIONS[sql] = _txn_action(sql)
+    return found
+
+
+def _txn_action(sql: str) -> str:
     word, end = _next_word(sql)
     nxt = _next_word(sql, end)[0]
     if word in ("begin", "start"):
