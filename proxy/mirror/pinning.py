@@ -384,16 +384,26 @@ def image_items(plan: Plan, table: Table, rows: list[list[bytes | None]], fmt: i
 
 # The mirror statements' texts, by what they depend on only (plan, table, rows
 # in the statement): building them was most of image_items' cost, and a
-# workload repeats a few shapes.  A table changed by DDL is a new Table, so a
-# new key; the cache is simply emptied when it grows past its bound.
-_STATEMENTS: dict[tuple[Plan, Table, int], Any] = {}
+# workload repeats a few shapes.  Keyed by identity (hashing the frozen
+# dataclasses runs their generated __hash__ in the interpreter), with the
+# objects kept in the entry so an id is never taken for a dead object's.  A
+# table changed by DDL is a new Table, so a new entry; the cache is simply
+# emptied when it grows past its bound.
+_STATEMENTS: dict[tuple[int, int, int], tuple[Plan, Table, Any]] = {}
 _STATEMENTS_MAX: Final = 4096
 
 
-def _remember(key: tuple[Plan, Table, int], value: Any) -> Any:
+def _cached(plan: Plan, table: Table, nrows: int) -> Any:
+    hit = _STATEMENTS.get((id(plan), id(table), nrows))
+    if hit is not None and hit[0] is plan and hit[1] is table:
+        return hit[2]
+    return None
+
+
+def _remember(plan: Plan, table: Table, nrows: int, value: Any) -> Any:
     if len(_STATEMENTS) >= _STATEMENTS_MAX:
         _STATEMENTS.clear()
-    _STATEMENTS[key] = value
+    _STATEMENTS[(id(plan), id(table), nrows)] = (plan, table, value)
     return value
 
 
@@ -402,8 +412,7 @@ def _written(table: Table) -> list[int]:
 
 
 def _insert_statement(plan: Plan, table: Table, nrows: int) -> tuple[str, bytes]:
-    key = (plan, table, nrows)
-    hit = _STATEMENTS.get(key)
+    hit = _cached(plan, table, nrows)
     if hit is not None:
         return hit
     cols = [table.columns[i] for i in _written(table)]
@@ -425,14 +434,13 @@ def _insert_statement(plan: Plan, table: Table, nrows: int) -> tuple[str, bytes]
         for r in range(nrows)
     ]
     sql = head + ", ".join(groups) + tail
-    return _remember(key, (sql, parse_body(sql, nrows * per_row)))
+    return _remember(plan, table, nrows, (sql, parse_body(sql, nrows * per_row)))
 
 
 def _key_statement(plan: Plan, table: Table) -> tuple[str, bytes, str, list[int]]:
     """UPDATE or DELETE of one row by its primary key: text, Parse body, tag, and
     which of the row's values the parameters are."""
-    key = (plan, table, -1)
-    hit = _STATEMENTS.get(key)
+    hit = _cached(plan, table, -1)
     if hit is not None:
         return hit
     key_at = [table.columns.index(k) for k in table.key]
@@ -454,7 +462,7 @@ def _key_statement(plan: Plan, table: Table) -> tuple[str, bytes, str, list[int]
         sql = f"UPDATE {_target(plan)} SET {assign} WHERE {where}"
         tag = "UPDATE 1"
         pick = key_at + sets
-    return _remember(key, (sql, parse_body(sql, len(pick)), tag, pick))
+    return _remember(plan, table, -1, (sql, parse_body(sql, len(pick)), tag, pick))
 
 
 # ------------------------------------------------------------------------- catalog
