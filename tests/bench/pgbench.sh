@@ -15,7 +15,10 @@
 #      the run, waits for the proxy's mirror to drain after it, then compares the two
 #      databases table by table (EQUAL / DIFFERENT);
 #   6. prints a Markdown table of medians with ratios to direct and to pgbouncer, and
-#      the CPU the process in the middle (pgbouncer or the proxy) spent per transaction.
+#      the CPU the process in the middle (pgbouncer or the proxy) spent per transaction;
+#      then the CPU per transaction of every process on the cores (the old and new
+#      stores' backends and pgbench, sampled over a window inside each run of 5 s or
+#      more, and the middle process).
 #
 # Environment (defaults in brackets):
 #   SCALE [10]  DURATION [20] seconds per run  ROUNDS [2]  CLIENTS [8]  THREADS [2]
@@ -125,7 +128,7 @@ chmod 755 "$WORK"
 mkdir -p "$WORK/runs"
 RESULTS_CSV="$WORK/results.csv"
 EQUALITY_CSV="$WORK/equality.csv"
-echo "round,workload,target,port,tps,latency_ms,failed,txns,cpu_s,status,log" >"$RESULTS_CSV"
+echo "round,workload,target,port,tps,latency_ms,failed,txns,cpu_s,status,log,window_s,old_cpu_s,new_cpu_s,pgbench_cpu_s" >"$RESULTS_CSV"
 echo "round,table,old,new,verdict" >"$EQUALITY_CSV"
 
 STARTED_PIDS=()
@@ -448,6 +451,22 @@ run_one() {
     pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" "${wargs[@]}" \
         -h "$HOST" -p "$port" -U "$PGUSER_NAME" "$OLD_DB" >"$logf" 2>&1 &
     PGBENCH_PID=$!
+    # The stores' backends and pgbench, over a window inside the run (they exit
+    # with it): where the rest of the two cores' time goes.
+    local split0="" split1="" t0 t1 window="" old_s="" new_s="" pgb_s=""
+    if ((DURATION >= 5)); then
+        sleep 2 & wait $! || true
+        t0=$(date +%s.%N)
+        split0=$(python3 "$REPORT" cpu "$OLD_DB" "$NEW_DB")
+        sleep $((DURATION - 3)) & wait $! || true
+        t1=$(date +%s.%N)
+        split1=$(python3 "$REPORT" cpu "$OLD_DB" "$NEW_DB")
+        window=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+        IFS=, read -r old_s new_s pgb_s < <(awk -v a="$split0" -v b="$split1" 'BEGIN {
+            n = split(a, x, ","); split(b, y, ",")
+            for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? "," : ""), y[i] - x[i]
+            print "" }')
+    fi
     if wait "$PGBENCH_PID"; then
         status=ok
     else
@@ -466,7 +485,7 @@ run_one() {
         log "run failed ($status), last lines of $logf:"
         tail -n 5 "$logf" >&2 || true
     fi
-    echo "$round,$workload,$target,$port,$tps,$lat,$failed,$txns,$cpu_s,$status,$logf" >>"$RESULTS_CSV"
+    echo "$round,$workload,$target,$port,$tps,$lat,$failed,$txns,$cpu_s,$status,$logf,$window,$old_s,$new_s,$pgb_s" >>"$RESULTS_CSV"
     log "round $round  $(printf '%-16s %-10s' "$workload" "$target") tps=${tps:-?}  latency=${lat:-?} ms  failed=${failed:-?}  [$status]"
 }
 

@@ -10,6 +10,14 @@ Subcommands:
                             "mirror_queue_depth" and "journal_backlog_units" are 0,
                             1 when either is not 0 yet, 2 when the JSON or a field
                             is missing (the fields are searched at any nesting depth)
+  cpu OLD_DB NEW_DB          print "old_s,new_s,pgbench_s": the CPU time (user +
+                            system, seconds) the running processes have used so
+                            far, summed over the PostgreSQL backends of each
+                            database and over pgbench; the difference of two
+                            snapshots taken while pgbench runs is what a window
+                            of the run cost each of them (backends exit with
+                            their connections, so a snapshot after the run would
+                            miss them)
   table CSV [--machine S] [--config S] [--date S]
                             print the Markdown summary of the raw results CSV
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import statistics
 import sys
@@ -43,6 +52,34 @@ def cmd_parse(path: str) -> int:
         m = rx.search(text)
         fields.append(m.group(1) if m else "")
     print(",".join(fields))
+    return 0
+
+
+# A backend's process title: "postgres: [cluster: ]user database host(port) state".
+BACKEND_RE = re.compile(r"^postgres: (?:\S+: )?\S+ (\S+) ")
+
+
+def cmd_cpu(old_db: str, new_db: str) -> int:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = {old_db: 0, new_db: 0, "pgbench": 0}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+                stat = fh.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as fb:
+                title = fb.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        used = int(fields[11]) + int(fields[12])  # utime, stime
+        m = BACKEND_RE.match(title)
+        if m is not None and m.group(1) in total:
+            total[m.group(1)] += used
+        elif os.path.basename(title.split(" ", 1)[0]) == "pgbench":
+            total["pgbench"] += used
+    print(",".join(f"{total[k] / ticks:.2f}" for k in (old_db, new_db, "pgbench")))
     return 0
 
 
@@ -107,6 +144,9 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
     failed_txn: dict[tuple[str, str], int] = {}
     # CPU of the process between pgbench and the server, per transaction (us).
     cpu: dict[tuple[str, str], list[float]] = {}
+    # CPU of the stores' backends and of pgbench, per transaction (us), over a
+    # window inside the run (see the ``cpu`` subcommand).
+    split: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
         w, t = r["workload"], r["target"]
         if w not in workloads_seen:
@@ -123,6 +163,12 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
             v_cpu, v_txns = _num(r.get("cpu_s", "")), _num(r.get("txns", ""))
             if v_cpu is not None and v_txns:
                 cpu.setdefault(key, []).append(v_cpu / v_txns * 1e6)
+            window = _num(r.get("window_s", ""))
+            if window:  # transactions in the window, at the run's mean rate
+                for part in SPLIT:
+                    v = _num(r.get(f"{part}_cpu_s", ""))
+                    if v is not None:
+                        split.setdefault((w, t, part), []).append(v / (v_tps * window) * 1e6)
 
     def med(d: dict[tuple[str, str], list[float]], key: tuple[str, str]) -> float | None:
         vals = d.get(key)
@@ -157,6 +203,9 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
             )
     print("\n".join(out))
     print()
+    if split:
+        print(_split_table(split, workloads_seen, targets_seen, cpu))
+        print()
     if machine:
         print(f"Machine: {machine}")
     if config:
@@ -166,12 +215,45 @@ def cmd_table(path: str, machine: str, config: str, date: str) -> int:
     return 0
 
 
+SPLIT = ("old", "new", "pgbench")
+
+
+def _split_table(
+    split: dict[tuple[str, str, str], list[float]],
+    workloads: list[str],
+    targets: list[str],
+    middle: dict[tuple[str, str], list[float]],
+) -> str:
+    """Medians of the CPU per transaction of every process on the machine's
+    cores: where a target's transaction spends the CPU the two cores share."""
+    out = [
+        "CPU per transaction by process (us; stores and pgbench over a window inside "
+        "each run, the middle process over the whole run):",
+        "",
+        "| workload | target | old store | new store | pgbench | middle | all |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for w in _ordered(workloads, WORKLOAD_ORDER):
+        for t in _ordered(targets, TARGET_ORDER):
+            parts = [split.get((w, t, p)) for p in SPLIT] + [middle.get((w, t))]
+            if not any(parts):
+                continue
+            meds = [statistics.median(v) if v else None for v in parts]
+            cells = ["—" if v is None else f"{v:.0f}" for v in meds]
+            known = [v for v in meds if v is not None]
+            out.append(f"| {w} | {t} | " + " | ".join(cells) + f" | {sum(known):.0f} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("parse")
     p.add_argument("log")
     sub.add_parser("drained")
+    c = sub.add_parser("cpu")
+    c.add_argument("old_db")
+    c.add_argument("new_db")
     t = sub.add_parser("table")
     t.add_argument("csv")
     t.add_argument("--machine", default="")
@@ -182,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_parse(args.log)
     if args.cmd == "drained":
         return cmd_drained()
+    if args.cmd == "cpu":
+        return cmd_cpu(args.old_db, args.new_db)
     return cmd_table(args.csv, args.machine, args.config, args.date)
 
 
