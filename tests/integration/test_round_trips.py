@@ -155,18 +155,19 @@ def _write_syscalls(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
 
 
-def test_sync_transaction_costs_one_write_per_message_batch_and_one_mirror_pipeline(
-    pg_pair: PgPair, proxy_factory: object, tap: WireTap
+@pytest.mark.parametrize("consistency", ["sync", "async"])
+def test_a_transaction_costs_one_write_per_message_batch_and_one_mirror_pipeline(
+    pg_pair: PgPair, proxy_factory: object, tap: WireTap, consistency: str
 ) -> None:
-    """In ``sync`` a tpcb-like transaction reaches the mirror as one pipeline
-    under one Sync (its COMMIT included, so the store answers it in one read),
-    and the held COMMIT goes to the old store with its Sync in one write: the
-    proxy writes once per batch the client sent, once per answer, once for the
-    mirror, and no more."""
+    """A tpcb-like transaction reaches the mirror as one pipeline under one Sync
+    (in ``sync`` the proxy's own COMMIT included, so the store answers it in one
+    read), and in ``sync`` the held COMMIT goes to the old store with its Sync in
+    one write: the proxy writes once per batch the client sent, once per answer,
+    once for the mirror, and no more."""
     for db in (pg_pair.old, pg_pair.new):
         pgbench(PG_PORT, db, "-i", "-s", "1", "-q")
     proxy = proxy_factory(  # type: ignore[operator]
-        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new, port=tap.port), mirror_consistency="sync"
+        pg_dsn(pg_pair.old), pg_dsn(pg_pair.new, port=tap.port), mirror_consistency=consistency
     )
     txns, clients = 100, 2
     before = _write_syscalls(proxy.proc.pid)
