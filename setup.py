@@ -30,6 +30,7 @@ HOT_PATH = [
     "proxy/relay/shadow.py",
     "proxy/relay/shadow_link.py",
     "proxy/relay/switch.py",
+    "proxy/relay/txn_rules.py",
     "proxy/mirror/activity.py",
     "proxy/mirror/connection.py",
     "proxy/mirror/manager.py",

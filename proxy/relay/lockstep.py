@@ -34,13 +34,12 @@ order, durable before the authoritative commit) and are counted as fallbacks.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from proxy import metrics
-from proxy.classify import Kind, _next_word, _statements, classify, fingerprint, tables_of
+from proxy.classify import Kind, classify, fingerprint, tables_of
 from proxy.mirror.connection import MirrorUnavailable
 from proxy.mirror.pinning import Plan
 from proxy.mirror.unit import Unit
@@ -65,6 +64,7 @@ from proxy.relay.answers import (
 from proxy.relay.reads import ReadRoute, read_batch
 from proxy.relay.shadow import SessionShadow, ShadowRead
 from proxy.relay.switch import LEARN_SETTINGS, LEARN_STATEMENTS, statement_row
+from proxy.relay.txn_rules import txn_action, wrappable
 from proxy.routing import Mode, Store
 from proxy.wire.pg import Completion, Request
 from proxy.wire.pg import events as ev
@@ -101,58 +101,6 @@ NONE: Final = 0
 SYNC: Final = 1
 COMMIT: Final = 2
 AUTOCOMMIT: Final = 3
-
-# Statements PostgreSQL refuses inside a transaction block: never wrapped.
-_NO_TXN_BLOCK = re.compile(
-    r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*"  # leading blanks and comments
-    r"(vacuum|create\s+database|drop\s+database|create\s+tablespace|drop\s+tablespace"
-    r"|alter\s+system|alter\s+database\s+\S+\s+set\s+tablespace"
-    r"|(create|drop)\s+(unique\s+)?index\s+concurrently"
-    r"|reindex\s.*\bconcurrently\b|reindex\s+(\(.*?\)\s*)?(schema|database|system)\b"
-    r"|cluster\s*(;|$|\(|verbose\s*(;|$)))",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-# txn_action by statement text: asked for every BEGIN and COMMIT a session sends,
-# and an application sends a handful of distinct texts.
-_TXN_ACTIONS: dict[str, str] = {}
-_TXN_ACTIONS_MAX: Final = 1024
-
-
-def txn_action(sql: str) -> str:
-    """'begin', 'commit', 'rollback' or '' for one transaction-control statement."""
-    found = _TXN_ACTIONS.get(sql)
-    if found is None:
-        if len(_TXN_ACTIONS) >= _TXN_ACTIONS_MAX:
-            _TXN_ACTIONS.clear()
-        found = _TXN_ACTIONS[sql] = _txn_action(sql)
-    return found
-
-
-def _txn_action(sql: str) -> str:
-    word, end = _next_word(sql)
-    nxt = _next_word(sql, end)[0]
-    if word in ("begin", "start"):
-        return "begin"
-    if word in ("commit", "end"):
-        return "" if nxt == "prepared" else "commit"
-    if word in ("rollback", "abort"):
-        if nxt in ("work", "transaction"):
-            nxt = _next_word(sql, _next_word(sql, end)[1])[0]
-        return "" if nxt in ("to", "prepared") else "rollback"
-    return ""
-
-
-def wrappable(sql: str) -> str:
-    """'' if an autocommit Query can run inside BEGIN ... COMMIT, else why not."""
-    parts = list(_statements(sql.rstrip(" \t\r\n;"))) if ";" in sql else [sql]
-    for part in parts:
-        if _NO_TXN_BLOCK.match(part):
-            return "no transaction block"
-        if len(parts) > 1 and classify(part) is Kind.TXN and txn_action(part):
-            return "transaction control in a multi-statement query"
-    return ""
 
 
 class LockStep(AnswerFilter):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.relay.lockstep import txn_action, wrappable
+from proxy.relay.txn_rules import txn_action, wrappable
 
 TXN_ACTIONS = [
     ("BEGIN", "begin"),
