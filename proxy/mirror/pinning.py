@@ -361,12 +361,12 @@ def image_items(plan: Plan, table: Table, rows: list[list[bytes | None]], fmt: i
             )
             for row in rows
         ]
-    written = _written(table)
-    chunk = max(1, _MAX_PARAMS // max(len(written), 1))
+    per_row = len(_insert_statement(plan, table, 1)[2])  # cached: the columns written
+    chunk = max(1, _MAX_PARAMS // max(per_row, 1))
     items = []
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
-        sql, body = _insert_statement(plan, table, len(part))
+        sql, body, written = _insert_statement(plan, table, len(part))
         values: list[bytes | None] = []
         for row in part:
             values.extend([row[i] for i in written])
@@ -411,11 +411,14 @@ def _written(table: Table) -> list[int]:
     return [i for i, c in enumerate(table.columns) if c not in table.generated]
 
 
-def _insert_statement(plan: Plan, table: Table, nrows: int) -> tuple[str, bytes]:
+def _insert_statement(plan: Plan, table: Table, nrows: int) -> tuple[str, bytes, list[int]]:
+    """INSERT of ``nrows`` row images: text, Parse body, and which of a row's
+    values the parameters are (every column but the generated ones)."""
     hit = _cached(plan, table, nrows)
     if hit is not None:
         return hit
-    cols = [table.columns[i] for i in _written(table)]
+    written = _written(table)
+    cols = [table.columns[i] for i in written]
     per_row = len(cols)
     head = f"INSERT INTO {_target(plan)} ({', '.join(map(_ident, cols))}) OVERRIDING SYSTEM VALUE VALUES "
     tail = ""
@@ -434,7 +437,7 @@ def _insert_statement(plan: Plan, table: Table, nrows: int) -> tuple[str, bytes]
         for r in range(nrows)
     ]
     sql = head + ", ".join(groups) + tail
-    return _remember(plan, table, nrows, (sql, parse_body(sql, nrows * per_row)))
+    return _remember(plan, table, nrows, (sql, parse_body(sql, nrows * per_row), written))
 
 
 def _key_statement(plan: Plan, table: Table) -> tuple[str, bytes, str, list[int]]:
