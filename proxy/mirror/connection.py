@@ -113,6 +113,7 @@ class MirrorConnection:
         self._tracker: Tracker | None = None
         self._completions: list[Any] = []
         self._results: list[ItemResult] = []
+        self._unit: Unit | None = None
         self._phase = _APPLY
         self._done: Applied | None = None
         self._apply_timeout = 0.0
@@ -276,6 +277,7 @@ class MirrorConnection:
                 tracker.request(Q)
         self.fresh = False
         self._results = self._pipeline(unit, tracker, out)
+        self._unit = unit
         self._tracker = tracker
         self._completions = []
         self._phase = _APPLY
@@ -377,9 +379,14 @@ class MirrorConnection:
             kinds.append(S)
             self._ask(_TRIM, b"".join(out), kinds)
             return
+        self._settle()
+
+    def _settle(self) -> None:
+        """The unit's outcome is known: hand its results to the callback."""
         done, results = self._done, self._results
         self._done = None
         self._tracker = None
+        self._unit = None
         self._completions = []
         self._results = []
         if done is not None:
@@ -456,9 +463,47 @@ class MirrorConnection:
         self._transport = None
         self._keep = None
         self._statements.clear()
+        done, results = self._done, self._results
+        if done is not None and self._known_on_loss():
+            log.info("mirror store closed the connection after the unit's outcome was known")
+            self.close()
+            done(results, None)
+            return
         self._fail(
             f"mirror connection lost: {exc!r}" if exc else "mirror store closed the connection"
         )
+
+    def _known_on_loss(self) -> bool:
+        """The connection died mid-unit: did the store settle the unit before?
+
+        PostgreSQL sends a COMMIT's CommandComplete only once the commit is done
+        (a failed transaction's COMMIT answers ROLLBACK), and a backend that is
+        terminated flushes what it has buffered before its FATAL error.  So a
+        unit whose final COMMIT was answered is applied, though the rest of its
+        answers (the Sync's ReadyForQuery) never came: journaling it would apply
+        it twice.  Likewise a single-statement autocommit Query commits before
+        its CommandComplete is sent.  The ROLLBACK and Close rounds that follow
+        a unit come after its outcome.  Anything else is in doubt: journaled.
+        """
+        if self._phase != _APPLY:
+            return True
+        unit, tracker = self._unit, self._tracker
+        if unit is None or tracker is None or not unit.items:
+            return False
+        self._collect(self._completions)
+        self._completions = []
+        last = len(unit.items) - 1
+        head = tracker.head
+        res = self._results[last]
+        if head is not None and head.token == last:
+            res.tags = head.tags  # a Query's tags so far (its ReadyForQuery never came)
+        tags = res.tags
+        if res.error is not None or res.skipped or not tags:
+            return False
+        if unit.in_transaction:
+            return tags[-1] == "COMMIT"
+        item = unit.items[last]
+        return last == 0 and item.kind is ItemKind.QUERY and len(item.tags) == 1 == len(tags)
 
     async def cancel(self) -> None:
         """Cancel what the store runs for this connection."""
