@@ -411,11 +411,13 @@ DETAIL: list[Panel | Row] = [
     ),
     Panel(
         "Journal backlog and mirror queue",
-        "Units waiting, in the journal and in memory. Good: both near 0. Bad: either "
-        "growing for minutes.",
+        "Units waiting, in the journal and in memory. Good: both near 0, and no units "
+        "held. Bad: either growing for minutes; any unit held (the journal cannot be "
+        "written, writing sessions pause past the queue bounds).",
         (
             Target(f"sum(shadowproxy_journal_backlog_units{{{INST}}})", "journal"),
             Target(f"sum(shadowproxy_mirror_queue_depth{{{INST}}})", "queue"),
+            Target(f"sum(shadowproxy_journal_held_units{{{INST}}})", "held (journal unwritable)"),
         ),
         width=8,
     ),

@@ -188,6 +188,21 @@ JOURNAL_BACKLOG = Gauge(
     "Units written to the durable journal and not yet replayed.",
     registry=REGISTRY,
 )
+JOURNAL_HELD = Gauge(
+    "shadowproxy_journal_held_units",
+    "Units held in memory because the journal cannot be written (disk full, I/O error).",
+    registry=REGISTRY,
+)
+JOURNAL_WRITE_ERRORS = Counter(
+    "shadowproxy_journal_write_errors_total",
+    "Failed appends to the journal (each retried; the units are held meanwhile).",
+    registry=REGISTRY,
+)
+DIVERGENCE_LOG_ERRORS = Counter(
+    "shadowproxy_divergence_log_write_errors_total",
+    "Failed or short writes to the divergence log (the lines are kept and written later).",
+    registry=REGISTRY,
+)
 JOURNAL_APPENDED = Counter(
     "shadowproxy_journal_appended_units_total", "Units appended to the journal.", registry=REGISTRY
 )

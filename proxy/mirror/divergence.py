@@ -33,12 +33,13 @@ class DivergenceLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self.counts: Counter[str] = Counter()
         self.recent: deque[dict[str, Any]] = deque(maxlen=20)
+        # Lines the file did not take (disk full): written before the next one.
+        self._unwritten: list[bytes] = []
 
     def record(self, kind: str, **fields: Any) -> None:
         event = {"ts": time.time(), "source": self.source, "kind": kind, **fields}
-        line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
-        os.write(self._fd, line)
-        os.fsync(self._fd)  # rare, and worth keeping across a crash
+        self._unwritten.append(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+        self._write_pending()
         metrics.DIVERGENCES.labels(kind).inc()
         self.counts[kind] += 1
         self.recent.append(event)
@@ -53,5 +54,25 @@ class DivergenceLog:
             extra={**extra, "event": "divergence", "kind": kind, "source": self.source},
         )
 
+    def _write_pending(self) -> None:
+        """Append the lines not written yet; a full disk keeps them for the next
+        event (the metric and the log line below report the event meanwhile)."""
+        data = b"".join(self._unwritten)
+        try:
+            written = os.write(self._fd, data)
+            os.fsync(self._fd)  # rare, and worth keeping across a crash
+        except OSError as exc:
+            metrics.DIVERGENCE_LOG_ERRORS.inc()
+            log.error("divergence log %s cannot be written: %s", self.path, exc)
+            return
+        if written == len(data):
+            self._unwritten = []
+            return
+        # A short write (a file size limit): the rest goes with the next event.
+        metrics.DIVERGENCE_LOG_ERRORS.inc()
+        self._unwritten = [data[written:]]
+
     def close(self) -> None:
+        if self._unwritten:
+            self._write_pending()
         os.close(self._fd)

@@ -250,6 +250,11 @@ class Journal:
         """Number of records not yet acknowledged."""
         return self._pending
 
+    @property
+    def failed(self) -> bool:
+        """An I/O error left the journal unwritable until it is reopened."""
+        return self._failed
+
     def pending_bytes(self) -> int:
         """Bytes of the records not yet acknowledged (headers included)."""
         return sum(self._sizes.values()) - self._cursor.offset if self._sizes else 0

@@ -35,7 +35,7 @@ from proxy import metrics
 from proxy.mirror.activity import ACTIVITY
 from proxy.mirror.connection import MirrorConnection, MirrorUnavailable
 from proxy.mirror.divergence import DivergenceLog
-from proxy.mirror.journal import Journal
+from proxy.mirror.journal import Journal, JournalError
 from proxy.mirror.pinning import CATALOG_SQL, Pinner, build_catalog
 from proxy.mirror.sequences import Endpoint, SequenceSync, connect_endpoint
 from proxy.mirror.session import SessionMirror, check_results  # noqa: F401 (replay)
@@ -105,6 +105,7 @@ def publish_backlog() -> None:
     parked one (its journal waits for a revert; it is not a backlog)."""
     live = [m for m in _MANAGERS if not m.parked]
     metrics.JOURNAL_BACKLOG.set(sum(m.journal.pending() for m in live))
+    metrics.JOURNAL_HELD.set(sum(m.held_units for m in _MANAGERS))
 
 
 class MirrorManager:
@@ -154,6 +155,17 @@ class MirrorManager:
         # new-only: units are journaled, not applied, so a revert to write-new replays
         # them on the old store (nothing is lost); see park().
         self.parked = False
+        # Units the journal could not take (disk full, an I/O error), in commit
+        # order, with the reason each batch was journaled: held in memory until an
+        # append succeeds, and nothing after them reaches the journal first.
+        self._held: list[tuple[list[Unit], str]] = []
+        self.held_units = 0
+        self.held_bytes = 0
+        self._rejected_held: list[Unit] = []  # the same, for the rejected journal
+        self.journal_error = ""
+        # Client sessions whose reading is paused while the held units are over
+        # the queue bounds (see over_hold_bound); resumed once they are journaled.
+        self.stalled: set[Any] = set()
         _MANAGERS.add(self)
         publish_backlog()
 
@@ -244,6 +256,16 @@ class MirrorManager:
         self.direct = True
         for sm in list(self.sessions.values()):
             sm.end()
+        deadline = time.monotonic() + timeout
+        while not self.journal_held() and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)  # the disk may free up: nothing else holds them
+        if self._held or self._rejected_held:
+            log.critical(
+                "mirror: %d units could not be journaled before exit (%s): the new store"
+                " misses their writes; run the comparator to repair it",
+                self.held_units + len(self._rejected_held),
+                self.journal_error,
+            )
         tasks = [*self._tasks, *([self._replayer] if self._replayer else [])]
         for task in tasks:
             task.cancel()
@@ -363,17 +385,94 @@ class MirrorManager:
             and self.queued_units == 0
             and self.inflight == 0
             and self.journal.pending() == 0
+            and not self._held
         )
 
     def journal_units(self, units: list[Unit], reason: str) -> None:
         if not units:
             return
-        self.journal.append_many(units)
+        if not self._held:
+            try:
+                self.journal.append_many(units)
+            except JournalError as exc:
+                self._journal_failed(exc)
+            else:
+                self._journaled(units, reason)
+                return
+        # Behind the units already held: the journal keeps the commit order.  A
+        # sync commit waiting on one goes on, as it would with the unit queued.
+        for u in units:
+            waiter = self._waiters.pop(u.order, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(False)
+        self._held.append((units, reason))
+        self.held_units += len(units)
+        self.held_bytes += sum(u.size for u in units)
+        self.start_journaling("journal-error")
+        publish_backlog()
+
+    def _journaled(self, units: list[Unit], reason: str) -> None:
         for u in units:
             self.finished(u.order)
         metrics.JOURNAL_APPENDED.inc(len(units))
         metrics.MIRROR_FAILURES.labels(reason).inc(len(units))
         publish_backlog()
+
+    def _journal_failed(self, exc: Exception) -> None:
+        metrics.JOURNAL_WRITE_ERRORS.inc()
+        if not self.journal_error:
+            log.error(
+                "mirror: the journal cannot be written (%s): units are held in memory and"
+                " retried; past the queue bounds, sessions that write are paused",
+                exc,
+            )
+        self.journal_error = str(exc)
+
+    @property
+    def over_hold_bound(self) -> bool:
+        """The held units are over the queue bounds: writing sessions must wait."""
+        return bool(self._held) and (
+            self.held_units > self.config.queue_max_units
+            or self.held_bytes > self.config.queue_max_bytes
+        )
+
+    def journal_held(self) -> bool:
+        """Append the held units (one batch, one fsync); True once none is held."""
+        if self._rejected_held:
+            try:
+                if self.rejected.failed:
+                    self.rejected.close()
+                    self.rejected = Journal(self.config.journal_dir / "rejected")
+                self.rejected.append_many(self._rejected_held)
+                self._rejected_held = []
+            except (JournalError, OSError) as exc:
+                self._journal_failed(exc)
+                return False
+        if not self._held:
+            self.journal_error = ""
+            return True
+        try:
+            if self.journal.failed:
+                # A failed fsync leaves the page cache untrusted: reopen, which
+                # checks the segments again (what did reach the disk is kept).
+                self.journal.close()
+                self.journal = Journal(self.config.journal_dir)
+            self.journal.append_many([u for batch, _ in self._held for u in batch])
+        except (JournalError, OSError) as exc:
+            self._journal_failed(exc)
+            return False
+        held, self._held = self._held, []
+        log.warning(
+            "mirror: the journal is writable again; %d held units journaled", self.held_units
+        )
+        self.held_units = self.held_bytes = 0
+        self.journal_error = ""
+        for units, reason in held:
+            self._journaled(units, reason)
+        stalled, self.stalled = self.stalled, set()
+        for session in stalled:
+            session.journal_caught_up()  # paused in ClientSession._emit
+        return True
 
     def _spill_all(self, reason: str) -> None:
         """Every queued unit of every session to the journal, in commit order."""
@@ -386,8 +485,15 @@ class MirrorManager:
             sm.wake()
 
     def reject(self, unit: Unit) -> None:
-        self.rejected.append(unit)
         metrics.MIRROR_FAILURES.labels("rejected").inc()
+        if not self._rejected_held:
+            try:
+                self.rejected.append(unit)
+                return
+            except JournalError as exc:
+                self._journal_failed(exc)
+        self._rejected_held.append(unit)  # retried with the held units
+        self.start_journaling("journal-error")
 
     def apply_started(self) -> None:
         self.inflight += 1
@@ -406,6 +512,9 @@ class MirrorManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             self._wake.clear()
+            if not self.journal_held():
+                delay = 1.0
+                continue
             if not self.journaling and self.journal.pending() == 0:
                 continue
             self.journaling = True
@@ -432,7 +541,7 @@ class MirrorManager:
             if n:
                 log.info("mirror: replayed %d journaled units", n)
             delay = 0.5
-            if self.journal.pending() == 0:  # no await since replay_pending saw it empty
+            if self.journal.pending() == 0 and not self._held:  # no await since replay saw it
                 self.journaling = False
                 self.direct = False
                 self._pulse()
@@ -444,6 +553,8 @@ class MirrorManager:
             "mirror_queue_bytes": self.queued_bytes,
             "journaling": self.journaling,
             "journal_backlog_units": self.journal.pending(),
+            "journal_held_units": self.held_units,
+            "journal_error": self.journal_error,
             "rejected_units": self.rejected.pending(),
             "mirror_sessions": len(self.sessions),
             "mirror_inflight": self.inflight,

@@ -29,7 +29,7 @@ from proxy.mirror.unit import Unit
 from proxy.relay.answers import _IDLE, AUTH, CLOSED, CONNECTING, ENDING, READY, STARTUP, Internal
 from proxy.relay.lockstep import LockStep
 from proxy.relay.switch import SwitchMixin
-from proxy.relay.upstream import UpstreamProtocol
+from proxy.relay.upstream import HELD_BACK, JOURNAL_STALLED, UpstreamProtocol
 from proxy.routing import Mode, Store
 from proxy.wire.pg import (
     BOUNDARIES,
@@ -110,6 +110,7 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
         self.mode = server.mode  # applied at transaction boundaries (see _apply_mode)
         self.tls = False
         self._writable: asyncio.Future[None] | None = None  # see client_writable
+        self._read_paused = 0  # HELD_BACK | STORE_FULL | JOURNAL_STALLED
         self.manager: MirrorManager | None = None  # the mirror this session records for
         self._sync = server.settings.mirror_consistency == "sync"
         self._init_switch()  # moving the authoritative store (switch.py)
@@ -388,13 +389,20 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
             self._writable = asyncio.get_running_loop().create_future()
         await self._writable
 
-    def pause_client_reading(self) -> None:
-        if self.transport is not None:
+    def pause_client_reading(self, why: int = HELD_BACK) -> None:
+        if not self._read_paused and self.transport is not None:
             self.transport.pause_reading()
+        self._read_paused |= why
 
-    def resume_client_reading(self) -> None:
-        if self.transport is not None:
+    def resume_client_reading(self, why: int = HELD_BACK) -> None:
+        was = self._read_paused
+        self._read_paused = was & ~why
+        if was and not self._read_paused and self.transport is not None:
             self.transport.resume_reading()
+
+    def journal_caught_up(self) -> None:
+        """The manager journaled the units it held (see _emit)."""
+        self.resume_client_reading(JOURNAL_STALLED)
 
     # -- authoritative store side ------------------------------------------------------------
 
@@ -642,6 +650,12 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
     def _emit(self, unit: Unit) -> None:
         if self.mirror is not None:
             self.mirror.submit(unit)
+            manager = self.manager
+            if manager is not None and manager.over_hold_bound:
+                # Units the journal cannot take are held in memory: past the
+                # queue bounds this session's next requests wait, never dropped.
+                manager.stalled.add(self)
+                self.pause_client_reading(JOURNAL_STALLED)
 
     def _keep_for_repair(self, unit: Unit, reason: str, kind: str = "unmirrorable") -> None:
         """A unit whose effect on the authoritative store is unknown or partial:

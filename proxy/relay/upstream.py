@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.wire.pg._messages import TERMINATE
+
+# Why a client's socket is not read (bits: each cause resumes only its own).
+HELD_BACK: Final = 1  # lock-step holds many of its requests (lockstep.py)
+STORE_FULL: Final = 2  # the authoritative store's socket takes no more (below)
+JOURNAL_STALLED: Final = 4  # the journal cannot be written and too many units are held
 
 if TYPE_CHECKING:
     from proxy.relay.client import ClientSession
@@ -43,7 +48,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # The store cannot take more: stop reading the client until it drains.
     def pause_writing(self) -> None:
-        self.session.pause_client_reading()
+        self.session.pause_client_reading(STORE_FULL)
 
     def resume_writing(self) -> None:
-        self.session.resume_client_reading()
+        self.session.resume_client_reading(STORE_FULL)

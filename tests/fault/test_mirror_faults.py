@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -308,3 +310,57 @@ def test_proxy_killed_mid_transaction(pg_pair: PgPair, proxy_factory: Any) -> No
     assert_equal_and_clean(pg_pair, proxy, live.committed + journaled.committed)
     with pg_pair.connect("new") as c:
         assert c.execute("SELECT count(*) FROM accounts WHERE id = 999999").fetchone() == (0,)
+
+
+def _largest_file(directory: Path) -> int:
+    return max((p.stat().st_size for p in directory.rglob("*") if p.is_file()), default=0)
+
+
+def test_journal_that_cannot_be_written_holds_then_stalls_never_drops(
+    cross_pair: Any, throwaway_pg: Any, proxy_factory: Any
+) -> None:
+    """The new store is down and the journal's disk is full (a file size limit
+    on the proxy: its writes past it fail with EFBIG, as on a full disk with
+    ENOSPC).  Units are held in memory, then the writing sessions wait; no
+    client sees an error and nothing is dropped: once the disk takes writes
+    again the held units are journaled, the clients go on, and when the store
+    is back both hold the same rows."""
+    cross_pair.run_both(TABLE)
+    throwaway_pg.stop("immediate")
+    proxy = proxy_factory(
+        pg_dsn(cross_pair.old),
+        pg_dsn(cross_pair.new, port=throwaway_pg.port),
+        mirror_connect_timeout="1",
+        mirror_queue_max_units="20",
+    )
+    assert proxy.proc is not None
+    journal_dir = Path(proxy.env["SHADOW_JOURNAL_DIR"])
+    warmup = Workload(proxy.dsn(cross_pair.old), clients=1, txns=5).start()
+    warmup.join()
+    wait_for(lambda: proxy.status()["journal_backlog_units"] >= 4, 10, "the first units journaled")
+    # Room for a few more units in the journal's segment, no more.
+    limit = _largest_file(journal_dir) + 2000
+    _, hard = resource.prlimit(proxy.proc.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(proxy.proc.pid, resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        work = Workload(proxy.dsn(cross_pair.old), clients=3, txns=60, first_txn=10).start()
+        wait_for(lambda: proxy.status()["journal_held_units"] > 20, 30, "units held in memory")
+        assert proxy.status()["journal_error"]
+        assert metric(proxy, "shadowproxy_journal_write_errors_total") >= 1
+        # Over the bound the writing sessions wait: the old store stops moving.
+        with cross_pair.connect("old") as c:
+            before = c.execute("SELECT count(*) FROM accounts").fetchone()
+            time.sleep(1.5)
+            after = c.execute("SELECT count(*) FROM accounts").fetchone()
+        assert before == after, "writes went on past the bound of held units"
+        assert work.running
+        assert work.errors == []
+    finally:
+        resource.prlimit(proxy.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    work.join()
+    wait_for(lambda: proxy.status()["journal_held_units"] == 0, 10, "the held units journaled")
+    assert proxy.status()["journal_error"] == ""
+
+    throwaway_pg.start()
+    proxy.wait_mirror_idle(timeout=60)
+    assert_equal_and_clean(cross_pair, proxy, warmup.committed + work.committed)
