@@ -173,8 +173,22 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
                 upstream = self.upstream
                 if upstream is None or upstream.transport is None:
                     return
-                if self.lockstep is not None:  # sync: parsed first, held at commits
-                    self.lockstep.feed(self.parser.feed(data))
+                lockstep = self.lockstep
+                if lockstep is not None:  # parsed first: held at commits (sync), pinned
+                    tail = self.parser.buffered
+                    events = self.parser.feed(data)
+                    if not lockstep.lean(events):
+                        lockstep.feed(events)
+                        return
+                    if not events:
+                        return  # a partial message: it waits for the rest
+                    if not self.outstanding:
+                        self.batch_started = perf_counter()
+                    # Whole messages only: a partial one goes with the batch that
+                    # completes it, which the lock-step may have to forward itself.
+                    whole = not tail and not self.parser.buffered
+                    upstream.transport.write(data if whole else b"".join([e.raw for e in events]))
+                    self._track_requests(events)
                     return
                 if not self.outstanding:
                     self.batch_started = perf_counter()

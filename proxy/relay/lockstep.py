@@ -184,6 +184,50 @@ class LockStep(AnswerFilter):
             self._paused = True
             self.s.pause_client_reading()
 
+    def lean(self, events: list[Any]) -> bool:
+        """True if these requests need nothing of the lock-step: ``async``, no read
+        routed or shadowed, nothing held or filtered, and no statement to pin or
+        catalog to read first.  The session then forwards them as they came and
+        only records them; here they would go out unchanged, at a cost per
+        message.  A stale answer errs towards False (a Bind of a name whose
+        statement this same batch parses again is judged by the old one)."""
+        if (
+            self.sync
+            or self.route_reads
+            or self.shadowing
+            or self.state != FLOWING
+            or self.held
+            or self.filtering
+            or self.shadows
+        ):
+            return False
+        rec = self.s.recorder
+        for e in events:
+            cls = type(e)
+            if cls is _BIND:
+                if isinstance(rec.statement_pin(cast(ev.Bind, e).statement), Plan):
+                    return False
+            elif cls is _EXECUTE:
+                if isinstance(rec.portal_pin(cast(ev.Execute, e).portal), Plan):
+                    return False
+            elif cls is _PARSE or cls is _QUERY:
+                if self._unknown_tables(e) or self._pinned(e.sql):
+                    return False
+            elif cls is _DESCRIBE:
+                d = cast(ev.Describe, e)
+                pin = rec.statement_pin(d.name) if d.target == "S" else rec.portal_pin(d.name)
+                if isinstance(pin, Plan):
+                    return False
+        return True
+
+    def _pinned(self, sql: str) -> bool:
+        """A write whose generated values the mirror must be given (pinning.py)."""
+        kind = classify(sql)
+        if kind is not Kind.WRITE and kind is not Kind.DDL:
+            return False
+        manager = self.s.manager
+        return manager is not None and isinstance(manager.pinner.plan(sql), Plan)
+
     def _take(self, batch: list[Any]) -> None:
         """Register the head event as a request (before the next gate looks at the
         recorder's portals) and queue its bytes in ``batch``."""
