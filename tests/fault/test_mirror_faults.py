@@ -347,7 +347,17 @@ def test_journal_that_cannot_be_written_holds_then_stalls_never_drops(
         wait_for(lambda: proxy.status()["journal_held_units"] > 20, 30, "units held in memory")
         assert proxy.status()["journal_error"]
         assert metric(proxy, "shadowproxy_journal_write_errors_total") >= 1
-        # Over the bound the writing sessions wait: the old store stops moving.
+        # Over the bound each writing session waits after its next commit: once
+        # the held count stops moving, so does the old store.
+        held = proxy.status()["journal_held_units"]
+        for _ in range(40):
+            time.sleep(0.5)
+            now = proxy.status()["journal_held_units"]
+            if now == held:
+                break
+            held = now
+        else:
+            raise AssertionError("the held units kept growing: no session waits")
         with cross_pair.connect("old") as c:
             before = c.execute("SELECT count(*) FROM accounts").fetchone()
             time.sleep(1.5)
