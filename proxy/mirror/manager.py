@@ -394,7 +394,7 @@ class MirrorManager:
         if not self._held:
             try:
                 self.journal.append_many(units)
-            except JournalError as exc:
+            except (JournalError, OSError) as exc:
                 self._journal_failed(exc)
             else:
                 self._journaled(units, reason)
@@ -490,10 +490,11 @@ class MirrorManager:
             try:
                 self.rejected.append(unit)
                 return
-            except JournalError as exc:
+            except (JournalError, OSError) as exc:
                 self._journal_failed(exc)
-        self._rejected_held.append(unit)  # retried with the held units
-        self.start_journaling("journal-error")
+        # Retried with the held units by the replay loop (live mirroring goes on).
+        self._rejected_held.append(unit)
+        self._wake.set()
 
     def apply_started(self) -> None:
         self.inflight += 1

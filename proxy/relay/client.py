@@ -411,8 +411,9 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
     def resume_client_reading(self, why: int = HELD_BACK) -> None:
         was = self._read_paused
         self._read_paused = was & ~why
-        if was and not self._read_paused and self.transport is not None:
-            self.transport.resume_reading()
+        transport = self.transport
+        if was and not self._read_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def journal_caught_up(self) -> None:
         """The manager journaled the units it held (see _emit)."""
