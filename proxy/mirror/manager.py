@@ -166,6 +166,7 @@ class MirrorManager:
         # Client sessions whose reading is paused while the held units are over
         # the queue bounds (see over_hold_bound); resumed once they are journaled.
         self.stalled: set[Any] = set()
+        self._stopping = False  # stop() began: background loops end
         _MANAGERS.add(self)
         publish_backlog()
 
@@ -183,7 +184,7 @@ class MirrorManager:
         assert c.source is not None
         sync = SequenceSync(c.source, self.endpoint, c.apply_timeout)
         try:
-            while True:
+            while not self._stopping:
                 if self.parked:  # new-only: the old store may be gone
                     sync.close()
                     await asyncio.sleep(c.sequence_sync_interval)
@@ -243,15 +244,28 @@ class MirrorManager:
         connection is closed; a unit given up mid-apply may then be applied
         twice (replay is at-least-once).
         """
+        # A cancel can be lost when it races the end of a connect the reader awaits
+        # (asyncio.wait_for on Python 3.11): the flag ends the loop all the same.
+        self._stopping = True
         for task in (self._sequences, self._catalog_task):
             if task is not None:  # background readers: nothing of theirs to drain
                 task.cancel()
         waits = [*self._tasks, *(sm.ended for sm in self.sessions.values())]
         if waits:
-            await asyncio.wait(waits, timeout=timeout)
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            if pending:
+                log.warning(
+                    "mirror: %d sessions or tasks not finished %gs into shutdown (%d applies"
+                    " in flight); what they hold is journaled",
+                    len(pending),
+                    timeout,
+                    self.inflight,
+                )
         self.start_journaling("shutdown")
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("mirror: %d applies still in flight at shutdown", self.inflight)
         self._spill_all("shutdown")
         self.direct = True
         for sm in list(self.sessions.values()):

@@ -698,6 +698,16 @@ class ClientSession(SwitchMixin, asyncio.Protocol):
         # for the comparator to repair from the unit kept here.
         self._keep_for_repair(unit, reason, "unpinnable")
 
+    def describe(self) -> str:
+        """Where the session stands, for a log line (no statement text)."""
+        lockstep = self.lockstep
+        return (
+            f"session {self.id} phase={self.phase} outstanding={self.outstanding}"
+            f" status={chr(self.status) if self.status else '-'}"
+            f" lockstep={lockstep.state if lockstep is not None else '-'}"
+            f" client={'open' if self.transport is not None else 'gone'}"
+        )
+
     def shutdown_now(self) -> None:
         self._fail("57P01", "terminating connection: shadowproxy is shutting down")
 

@@ -312,6 +312,13 @@ class ProxyServer:
         deadline = time.monotonic() + _SHUTDOWN_GRACE
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.sessions:
+            log.warning(
+                "shutdown: %d sessions still busy after %gs, ended now: %s",
+                len(self.sessions),
+                _SHUTDOWN_GRACE,
+                "; ".join(s.describe() for s in list(self.sessions)[:20]),
+            )
         for s in list(self.sessions):
             s.shutdown_now()
         await asyncio.sleep(0.05)
