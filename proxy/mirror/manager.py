@@ -105,7 +105,17 @@ def publish_backlog() -> None:
     parked one (its journal waits for a revert; it is not a backlog)."""
     live = [m for m in _MANAGERS if not m.parked]
     metrics.JOURNAL_BACKLOG.set(sum(m.journal.pending() for m in live))
-    metrics.JOURNAL_HELD.set(sum(m.held_units for m in _MANAGERS))
+    metrics.JOURNAL_HELD.set(sum(m.held_total for m in _MANAGERS))
+
+
+def _reopened(journal: Journal) -> Journal:
+    """``journal``, or a fresh handle on its directory if an I/O error failed it:
+    after a failed fsync the page cache is untrusted, and reopening checks the
+    segments again (what did reach the disk is kept)."""
+    if not journal.failed:
+        return journal
+    journal.close()
+    return Journal(journal.directory)
 
 
 class MirrorManager:
@@ -277,7 +287,7 @@ class MirrorManager:
             log.critical(
                 "mirror: %d units could not be journaled before exit (%s): the new store"
                 " misses their writes; run the comparator to repair it",
-                self.held_units + len(self._rejected_held),
+                self.held_total,
                 self.journal_error,
             )
         tasks = [*self._tasks, *([self._replayer] if self._replayer else [])]
@@ -352,9 +362,7 @@ class MirrorManager:
     def finished(self, order: int, live: bool = False) -> None:
         """A unit was applied live or journaled: advance the watermark."""
         if self._waiters:
-            waiter = self._waiters.pop(order, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(live)
+            self._release_waiter(order, live)
         if order == self.watermark + 1:
             self.watermark = order
             done = self._done
@@ -366,6 +374,12 @@ class MirrorManager:
             self._done.add(order)
 
     # -- journaling ------------------------------------------------------------------
+
+    def _release_waiter(self, order: int, live: bool) -> None:
+        """The sync commit waiting on unit ``order`` may go on (see submit)."""
+        waiter = self._waiters.pop(order, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(live)
 
     def start_journaling(self, reason: str) -> None:
         if not self.journaling:
@@ -416,9 +430,7 @@ class MirrorManager:
         # Behind the units already held: the journal keeps the commit order.  A
         # sync commit waiting on one goes on, as it would with the unit queued.
         for u in units:
-            waiter = self._waiters.pop(u.order, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(False)
+            self._release_waiter(u.order, False)
         self._held.append((units, reason))
         self.held_units += len(units)
         self.held_bytes += sum(u.size for u in units)
@@ -443,6 +455,11 @@ class MirrorManager:
         self.journal_error = str(exc)
 
     @property
+    def held_total(self) -> int:
+        """Units held in memory for either journal (the gauge and /status)."""
+        return self.held_units + len(self._rejected_held)
+
+    @property
     def over_hold_bound(self) -> bool:
         """The held units are over the queue bounds: writing sessions must wait."""
         return bool(self._held) and (
@@ -454,11 +471,10 @@ class MirrorManager:
         """Append the held units (one batch, one fsync); True once none is held."""
         if self._rejected_held:
             try:
-                if self.rejected.failed:
-                    self.rejected.close()
-                    self.rejected = Journal(self.config.journal_dir / "rejected")
+                self.rejected = _reopened(self.rejected)
                 self.rejected.append_many(self._rejected_held)
                 self._rejected_held = []
+                publish_backlog()
             except (JournalError, OSError) as exc:
                 self._journal_failed(exc)
                 return False
@@ -466,11 +482,7 @@ class MirrorManager:
             self.journal_error = ""
             return True
         try:
-            if self.journal.failed:
-                # A failed fsync leaves the page cache untrusted: reopen, which
-                # checks the segments again (what did reach the disk is kept).
-                self.journal.close()
-                self.journal = Journal(self.config.journal_dir)
+            self.journal = _reopened(self.journal)
             self.journal.append_many([u for batch, _ in self._held for u in batch])
         except (JournalError, OSError) as exc:
             self._journal_failed(exc)
@@ -509,6 +521,7 @@ class MirrorManager:
         # Retried with the held units by the replay loop (live mirroring goes on).
         self._rejected_held.append(unit)
         self._wake.set()
+        publish_backlog()
 
     def apply_started(self) -> None:
         self.inflight += 1
@@ -568,7 +581,7 @@ class MirrorManager:
             "mirror_queue_bytes": self.queued_bytes,
             "journaling": self.journaling,
             "journal_backlog_units": self.journal.pending(),
-            "journal_held_units": self.held_units,
+            "journal_held_units": self.held_total,
             "journal_error": self.journal_error,
             "rejected_units": self.rejected.pending(),
             "mirror_sessions": len(self.sessions),

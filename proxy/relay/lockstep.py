@@ -211,7 +211,10 @@ class LockStep(AnswerFilter):
                 if isinstance(rec.portal_pin(cast(ev.Execute, e).portal), Plan):
                     return False
             elif cls is _PARSE or cls is _QUERY:
-                if self._unknown_tables(e) or self._pinned(e.sql):
+                kind = classify(e.sql)  # one lookup for both questions
+                if kind is Kind.WRITE and self._missing_tables(e.sql):
+                    return False
+                if (kind is Kind.WRITE or kind is Kind.DDL) and self._pinned(e.sql):
                     return False
             elif cls is _DESCRIBE:
                 d = cast(ev.Describe, e)
@@ -221,10 +224,7 @@ class LockStep(AnswerFilter):
         return True
 
     def _pinned(self, sql: str) -> bool:
-        """A write whose generated values the mirror must be given (pinning.py)."""
-        kind = classify(sql)
-        if kind is not Kind.WRITE and kind is not Kind.DDL:
-            return False
+        """A write (or DDL) whose generated values the mirror must be given."""
         manager = self.s.manager
         return manager is not None and isinstance(manager.pinner.plan(sql), Plan)
 
@@ -509,13 +509,16 @@ class LockStep(AnswerFilter):
             return []
         if classify(e.sql) is not Kind.WRITE:
             return []
+        return self._missing_tables(e.sql)
+
+    def _missing_tables(self, sql: str) -> list[str]:
         manager = self.s.manager
         if manager is None:
             return []
         pinner = manager.pinner
         tables = pinner.catalog.tables
         return [
-            t for t in tables_of(e.sql) if t not in tables and self._asked.get(t) != pinner.version
+            t for t in tables_of(sql) if t not in tables and self._asked.get(t) != pinner.version
         ]
 
     def _wait_catalog(self, names: list[str]) -> None:

@@ -44,7 +44,6 @@ async def main():
     manager.journal_units([unit(3), unit(4)], "connect")
     manager.reject(unit(5))
     steps["held"] = manager.status()["journal_held_units"]
-    steps["rejected_held"] = len(manager._rejected_held)
     steps["error"] = manager.status()["journal_error"]
     steps["over_bound"] = manager.over_hold_bound
     steps["retry_while_full"] = manager.journal_held()
@@ -71,10 +70,9 @@ def test_units_the_journal_refuses_are_held_in_order_then_journaled(tmp_path: Pa
     )
     assert out.returncode == 0, out.stderr
     steps = json.loads(out.stdout.strip().splitlines()[-1])
-    assert steps["held"] == 3  # units 2, 3 and 4
-    assert steps["rejected_held"] == 1  # unit 5, for the rejected journal
+    assert steps["held"] == 4  # units 2, 3 and 4, and unit 5 for the rejected journal
     assert "File too large" in steps["error"]
-    assert steps["over_bound"] is True  # queue_max_units is 2
+    assert steps["over_bound"] is True  # queue_max_units is 2, three units held for the journal
     assert steps["retry_while_full"] is False
     assert steps["retry_after"] is True
     assert steps["held_after"] == 0
